@@ -1,0 +1,150 @@
+"""Reading scans and writing masks through SimpleITK.
+
+Readable: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) and a folder that
+holds one DICOM series. Masks are written to a temporary file in the target folder and moved into
+place, so a crash never leaves a half-written mask and an existing file is replaced only on request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from mhp_edge.errors import InputImageError, OutputError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def image_suffix(path: Path) -> str:
+    """Return the image suffix of a path (``.nii.gz`` counts as one), or '' if unknown."""
+    name = path.name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return ""
+
+
+def read_image(path: Path) -> sitk.Image:
+    """Read a 3D scalar image from a file or a folder holding one DICOM series.
+
+    Parameters
+    ----------
+    path : Path
+        Image file, or folder of DICOM files.
+
+    Returns
+    -------
+    SimpleITK.Image
+        The image as stored, pixel type unchanged.
+
+    Raises
+    ------
+    InputImageError
+        If the path does not exist, cannot be read, or is not a 3D scalar image.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputImageError(f"{path}: file not found. Check the path.")
+    if path.is_dir():
+        image = _read_dicom_folder(path)
+    else:
+        if not image_suffix(path):
+            raise InputImageError(
+                f"{path}: unknown image type. Give a .nii, .nii.gz, .nrrd, .mha or .mhd file, "
+                "or a folder of DICOM files."
+            )
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as err:
+            raise InputImageError(
+                f"{path}: cannot be read as an image ({_first_line(err)}). "
+                "The file may be truncated or corrupt; export it again."
+            ) from err
+
+    _check_volume(image, path)
+    return image
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise InputImageError(
+            f"{folder}: no DICOM series found in this folder. Point to the folder that holds "
+            "the .dcm files of one CT series."
+        )
+    if len(series_ids) > 1:
+        # TODO: choose among several series (phases, localizers) by explicit rules.
+        raise InputImageError(
+            f"{folder}: holds {len(series_ids)} DICOM series ({', '.join(series_ids)}). "
+            "Copy the one CT series to segment into a folder of its own."
+        )
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0])
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as err:
+        raise InputImageError(f"{folder}: the DICOM series cannot be stacked ({_first_line(err)}).") from err
+    logger.info("Read DICOM series %s: %d files", series_ids[0], len(files))
+    return image
+
+
+def _check_volume(image: sitk.Image, path: Path) -> None:
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputImageError(
+            f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel, "
+            "expected a scalar CT volume. Save a single-channel image."
+        )
+    if image.GetDimension() != 3:
+        raise InputImageError(f"{path}: is {image.GetDimension()}D, expected a 3D CT volume (z, y, x).")
+
+
+def write_image_atomic(image: sitk.Image, path: Path, *, overwrite: bool = False) -> None:
+    """Write an image to ``path`` through a temporary file in the same folder.
+
+    Parameters
+    ----------
+    image : SimpleITK.Image
+        Image to write, compressed where the format allows.
+    path : Path
+        Destination; its suffix picks the format.
+    overwrite : bool
+        Replace an existing file. Without it an existing file is an error.
+
+    Raises
+    ------
+    OutputError
+        If the destination exists (without ``overwrite``), its folder cannot be written, or
+        the suffix is not an image format.
+    """
+    path = Path(path)
+    suffix = image_suffix(path)
+    if not suffix:
+        raise OutputError(f"{path}: unknown output format. Use a .nii.gz, .nrrd or .mha name.")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path}: already exists. Remove it or pass --overwrite.")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder, expected a file name.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        sitk.WriteImage(image, temporary, useCompression=True)
+        os.replace(temporary, path)
+    except (RuntimeError, OSError) as err:
+        raise OutputError(f"{path}: writing failed ({_first_line(err)}).") from err
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__

@@ -1,0 +1,253 @@
+"""The model contract: metadata that an ONNX model carries about its own preprocessing.
+
+Every constant that turns a scan into network input, and network output into a mask, is read
+from here. The metadata is a JSON document stored in the ONNX file's ``metadata_props`` under
+``METADATA_KEY``. A card file beside the model (``<stem>.card.json``) records the model's sha256
+and its provenance and accuracy; the runtime checks the sha256 before it builds a session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mhp_edge.errors import ModelError
+
+METADATA_KEY = "mhp_edge.metadata"
+SCHEMA_VERSION = 1
+TASKS = ("liver", "tumour")
+
+
+@dataclass(frozen=True)
+class HessianSpec:
+    """Settings of the multi-scale Hessian blob enhancement fed as the second input.
+
+    Attributes
+    ----------
+    scales_mm : tuple of float
+        Gaussian standard deviations in millimetres, smallest first.
+    hu_clip : tuple of float
+        (low, high) HU range the CT is clipped to before the Hessian is computed.
+    response_scale : float
+        The enhanced volume is divided by this value so its typical magnitude is about 1.
+    """
+
+    scales_mm: tuple[float, ...]
+    hu_clip: tuple[float, float]
+    response_scale: float
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """Preprocessing and post-processing settings of one exported model.
+
+    Attributes
+    ----------
+    name : str
+        Model identifier, for example ``"mhp-net-tumour"``.
+    task : str
+        ``"liver"`` (liver probability over the whole scan) or ``"tumour"`` (tumour
+        probability inside a liver region).
+    input_names : tuple of str
+        Graph input names in order; the first is the normalised CT, the second (tumour models
+        only) the Hessian-enhanced CT.
+    output_name : str
+        Graph output holding one logit per voxel, shape (batch, 1, z, y, x).
+    patch_shape_vox : tuple of int
+        (z, y, x) patch shape the graph was exported for.
+    spacing_zyx_mm : tuple of float
+        Voxel spacing the model works at, in millimetres.
+    hu_clip : tuple of float
+        (low, high) HU range applied before normalisation.
+    hu_mean, hu_std : float
+        Normalisation: ``(clip(hu) - hu_mean) / hu_std``.
+    pad_hu : float
+        HU value used wherever the model sees outside the scan.
+    overlap : float
+        Fraction of the patch shared by neighbouring windows, in [0, 1).
+    threshold : float
+        Probability above which a voxel is foreground.
+    min_component_mm3 : float
+        Connected components smaller than this are dropped.
+    roi_margin_mm : float
+        Margin added around the liver before cropping (tumour models) in millimetres.
+    hessian : HessianSpec or None
+        Present for models with a Hessian input.
+    labels : dict
+        Output label values and their meaning, e.g. ``{0: "background", 1: "liver", 2: "tumour"}``.
+    provenance : dict
+        Training cases, seed, export commit and framework versions, kept as written.
+    """
+
+    name: str
+    task: str
+    input_names: tuple[str, ...]
+    output_name: str
+    patch_shape_vox: tuple[int, int, int]
+    spacing_zyx_mm: tuple[float, float, float]
+    hu_clip: tuple[float, float]
+    hu_mean: float
+    hu_std: float
+    pad_hu: float
+    overlap: float
+    threshold: float
+    min_component_mm3: float
+    roi_margin_mm: float
+    hessian: HessianSpec | None
+    labels: dict[int, str]
+    provenance: dict[str, Any]
+
+    def to_json(self) -> str:
+        """Serialise to the JSON document stored in the ONNX file."""
+        document = {
+            "schema_version": SCHEMA_VERSION,
+            "name": self.name,
+            "task": self.task,
+            "input_names": list(self.input_names),
+            "output_name": self.output_name,
+            "patch_shape_vox": list(self.patch_shape_vox),
+            "spacing_zyx_mm": list(self.spacing_zyx_mm),
+            "hu_clip": list(self.hu_clip),
+            "hu_mean": self.hu_mean,
+            "hu_std": self.hu_std,
+            "pad_hu": self.pad_hu,
+            "overlap": self.overlap,
+            "threshold": self.threshold,
+            "min_component_mm3": self.min_component_mm3,
+            "roi_margin_mm": self.roi_margin_mm,
+            "hessian": None
+            if self.hessian is None
+            else {
+                "scales_mm": list(self.hessian.scales_mm),
+                "hu_clip": list(self.hessian.hu_clip),
+                "response_scale": self.hessian.response_scale,
+            },
+            "labels": {str(value): meaning for value, meaning in self.labels.items()},
+            "provenance": self.provenance,
+        }
+        return json.dumps(document, indent=1, sort_keys=True)
+
+
+def parse_metadata(text: str, *, source: str) -> ModelMetadata:
+    """Parse and validate the metadata JSON of a model.
+
+    Parameters
+    ----------
+    text : str
+        The JSON document.
+    source : str
+        File the document came from, named in error messages.
+
+    Raises
+    ------
+    ModelError
+        If a key is missing or a value is out of range.
+    """
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{source}: model metadata is not valid JSON ({err}).") from err
+
+    def require(key: str) -> Any:
+        if key not in document:
+            raise ModelError(f"{source}: model metadata lacks '{key}'. Re-export the model with export/.")
+        return document[key]
+
+    version = require("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ModelError(
+            f"{source}: metadata schema_version is {version}, this mhp-edge reads "
+            f"{SCHEMA_VERSION}. Use the mhp-edge release the model was exported for."
+        )
+
+    try:
+        hessian_document = require("hessian")
+        hessian = None
+        if hessian_document is not None:
+            hessian = HessianSpec(
+                scales_mm=tuple(float(s) for s in hessian_document["scales_mm"]),
+                hu_clip=_pair(hessian_document["hu_clip"]),
+                response_scale=float(hessian_document["response_scale"]),
+            )
+        metadata = ModelMetadata(
+            name=str(require("name")),
+            task=str(require("task")),
+            input_names=tuple(str(n) for n in require("input_names")),
+            output_name=str(require("output_name")),
+            patch_shape_vox=tuple(int(n) for n in require("patch_shape_vox")),
+            spacing_zyx_mm=tuple(float(s) for s in require("spacing_zyx_mm")),
+            hu_clip=_pair(require("hu_clip")),
+            hu_mean=float(require("hu_mean")),
+            hu_std=float(require("hu_std")),
+            pad_hu=float(require("pad_hu")),
+            overlap=float(require("overlap")),
+            threshold=float(require("threshold")),
+            min_component_mm3=float(require("min_component_mm3")),
+            roi_margin_mm=float(require("roi_margin_mm")),
+            hessian=hessian,
+            labels={int(value): str(meaning) for value, meaning in require("labels").items()},
+            provenance=dict(require("provenance")),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelError(f"{source}: model metadata has an invalid value ({err!r}).") from err
+
+    _validate(metadata, source=source)
+    return metadata
+
+
+def _pair(values: Any) -> tuple[float, float]:
+    low, high = (float(v) for v in values)
+    return low, high
+
+
+def _validate(metadata: ModelMetadata, *, source: str) -> None:
+    problems = []
+    if metadata.task not in TASKS:
+        problems.append(f"task is {metadata.task!r}, expected one of {TASKS}")
+    expected_inputs = 2 if metadata.task == "tumour" else 1
+    if len(metadata.input_names) != expected_inputs:
+        problems.append(
+            f"{metadata.task} models take {expected_inputs} input(s), "
+            f"metadata lists {list(metadata.input_names)}"
+        )
+    if (metadata.task == "tumour") != (metadata.hessian is not None):
+        problems.append("hessian settings must be present for tumour models and only for them")
+    if len(metadata.patch_shape_vox) != 3 or min(metadata.patch_shape_vox) < 1:
+        problems.append(f"patch_shape_vox is {metadata.patch_shape_vox}, expected 3 positive ints")
+    if len(metadata.spacing_zyx_mm) != 3 or min(metadata.spacing_zyx_mm) <= 0:
+        problems.append(f"spacing_zyx_mm is {metadata.spacing_zyx_mm}, expected 3 positive mm")
+    if not metadata.hu_clip[0] < metadata.hu_clip[1]:
+        problems.append(f"hu_clip {metadata.hu_clip} is not an increasing pair")
+    if metadata.hu_std <= 0:
+        problems.append(f"hu_std is {metadata.hu_std}, expected > 0")
+    if not 0 <= metadata.overlap < 1:
+        problems.append(f"overlap is {metadata.overlap}, expected in [0, 1)")
+    if not 0 < metadata.threshold < 1:
+        problems.append(f"threshold is {metadata.threshold}, expected in (0, 1)")
+    if metadata.min_component_mm3 < 0 or metadata.roi_margin_mm < 0:
+        problems.append("min_component_mm3 and roi_margin_mm must be >= 0")
+    if metadata.hessian is not None:
+        scales = metadata.hessian.scales_mm
+        if not scales or min(scales) <= 0 or list(scales) != sorted(scales):
+            problems.append(f"hessian scales_mm {scales} must be positive and increasing")
+        if metadata.hessian.response_scale <= 0:
+            problems.append("hessian response_scale must be > 0")
+    if problems:
+        raise ModelError(f"{source}: inconsistent model metadata: " + "; ".join(problems) + ".")
+
+
+def sha256_of_file(path: Path) -> str:
+    """Return the hex sha256 digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def card_path_for(model_path: Path) -> Path:
+    """Return the card file that sits beside a model: ``<stem>.card.json``."""
+    return model_path.with_name(model_path.stem + ".card.json")

@@ -1,0 +1,372 @@
+"""The segmentation pipeline: liver, liver crop, Hessian twin, tumour windows, mask on the input grid.
+
+``Segmenter`` loads the two models once and can then segment any number of scans, from several
+threads at once: it keeps no per-scan state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from mhp_edge.errors import ConfigurationError, InputImageError
+from mhp_edge.model import LoadedModel, available_cpu_count, load_model
+from mhp_edge.preprocess import (
+    bounding_box_with_margin,
+    clean_scan,
+    hessian_input,
+    image_spacing_zyx_mm,
+    normalise_hu,
+    resample_like,
+    resample_to_spacing,
+)
+from mhp_edge.report import LIVER_LABEL, TUMOUR_LABEL, Lesion, measure_lesions
+from mhp_edge.windows import sliding_window_probability
+
+logger = logging.getLogger(__name__)
+
+LIVER_MODEL_FILE = "liver_net.onnx"
+TUMOUR_MODEL_FILE = "mhp_net.onnx"
+
+# A liver below this volume is not a liver the tumour model can work in (an adult liver is
+# about 1.0 to 2.5 L); the scan probably does not show the liver.
+MIN_LIVER_ML = 50.0
+
+Progress = Callable[[str, int, int], None]
+"""Callback ``progress(stage, done, total)``, for example to draw a progress bar."""
+
+
+def default_models_dir() -> Path:
+    """Return the folder of the models shipped with the package."""
+    return Path(str(resources.files("mhp_edge.models")))
+
+
+@dataclass
+class SegmentationResult:
+    """What one scan produced.
+
+    Attributes
+    ----------
+    mask : SimpleITK.Image
+        uint8 labels 0 background, 1 liver, 2 tumour, on the input scan's exact grid.
+    lesions : list of Lesion
+        Tumour components, largest first; their ids match nothing in the mask itself.
+    liver_volume_ml : float
+        Liver volume including tumour, mL.
+    tumour_volume_ml : float
+    liver_source : str
+        ``"model"`` or ``"mask"`` (given by the caller).
+    timings_s : dict
+        Wall time per stage in seconds.
+    warnings : list of str
+        Oddities a reader of the result should know about.
+    """
+
+    mask: sitk.Image
+    lesions: list[Lesion]
+    liver_volume_ml: float
+    tumour_volume_ml: float
+    liver_source: str
+    timings_s: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def tumour_burden_percent(self) -> float:
+        """Tumour volume as a percentage of the liver volume (0 when there is no liver)."""
+        if self.liver_volume_ml <= 0:
+            return 0.0
+        return 100.0 * self.tumour_volume_ml / self.liver_volume_ml
+
+
+class _StageTimer:
+    def __init__(self) -> None:
+        self.timings_s: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            self.timings_s[name] = self.timings_s.get(name, 0.0) + elapsed
+            logger.debug("Stage %s took %.2f s", name, elapsed)
+
+
+class Segmenter:
+    """Liver and liver-tumour segmentation of CT scans with the shipped (or given) models.
+
+    Parameters
+    ----------
+    models_dir : Path, optional
+        Folder holding ``liver_net.onnx`` and ``mhp_net.onnx`` with their cards; the shipped
+        models by default.
+    threads : int, optional
+        ONNX Runtime intra-op threads; by default the CPUs this process may use.
+
+    Examples
+    --------
+    >>> segmenter = Segmenter(threads=2)                       # doctest: +SKIP
+    >>> result = segmenter.segment(sitk.ReadImage("ct.nii.gz"))  # doctest: +SKIP
+    >>> sitk.WriteImage(result.mask, "mask.nii.gz")            # doctest: +SKIP
+    """
+
+    def __init__(self, models_dir: Path | None = None, *, threads: int | None = None) -> None:
+        folder = Path(models_dir) if models_dir is not None else default_models_dir()
+        self.threads = threads if threads is not None else available_cpu_count()
+        if self.threads < 1:
+            raise ConfigurationError(f"threads must be >= 1, got {self.threads}.")
+        self.liver_model: LoadedModel = load_model(folder / LIVER_MODEL_FILE, threads=self.threads)
+        self.tumour_model: LoadedModel = load_model(folder / TUMOUR_MODEL_FILE, threads=self.threads)
+        if self.liver_model.metadata.task != "liver" or self.tumour_model.metadata.task != "tumour":
+            raise ConfigurationError(
+                f"{folder}: {LIVER_MODEL_FILE} must be a liver model and {TUMOUR_MODEL_FILE} a "
+                "tumour model; check the files in the models folder."
+            )
+
+    def segment(
+        self,
+        image: sitk.Image,
+        *,
+        liver_mask: sitk.Image | None = None,
+        progress: Progress | None = None,
+    ) -> SegmentationResult:
+        """Segment liver and liver tumours in one CT scan.
+
+        Parameters
+        ----------
+        image : SimpleITK.Image
+            3D CT in HU, any scalar pixel type and any orientation.
+        liver_mask : SimpleITK.Image, optional
+            Liver mask (nonzero = liver) on the scan's grid; skips the liver model.
+        progress : callable, optional
+            Called as ``progress(stage, done, total)`` while windows run.
+
+        Returns
+        -------
+        SegmentationResult
+        """
+        timer = _StageTimer()
+        warnings: list[str] = []
+
+        with timer.stage("prepare"):
+            _check_scan(image)
+            cleaned = clean_scan(image)
+            scan = cleaned.image
+            if cleaned.non_finite_vox:
+                warnings.append(f"{cleaned.non_finite_vox} non-finite voxels were replaced with air.")
+            warnings.extend(_spacing_warnings(scan))
+
+        if liver_mask is not None:
+            with timer.stage("liver"):
+                liver = _oriented_liver_mask(liver_mask, image)
+            liver_source = "mask"
+        else:
+            with timer.stage("liver"):
+                liver = self._find_liver(scan, progress)
+            liver_source = "model"
+
+        voxel_ml = float(np.prod(scan.GetSpacing())) / 1000.0
+        liver_ml = float(liver.sum()) * voxel_ml
+        tumour = np.zeros(liver.shape, dtype=bool)
+        if liver_ml < MIN_LIVER_ML:
+            warnings.append(
+                f"Liver volume {liver_ml:.0f} mL is below {MIN_LIVER_ML:.0f} mL: no liver found, "
+                "so no tumour was searched for. Check that the scan covers the upper abdomen."
+            )
+            logger.warning(warnings[-1])
+        else:
+            tumour = self._find_tumours(scan, liver, timer, progress)
+
+        with timer.stage("postprocess"):
+            labels = np.zeros(liver.shape, dtype=np.uint8)
+            labels[liver] = LIVER_LABEL
+            labels[tumour & liver] = TUMOUR_LABEL
+            mask = _to_input_grid(labels, scan, image)
+            lesions = measure_lesions(mask, image)
+
+        result = SegmentationResult(
+            mask=mask,
+            lesions=lesions,
+            liver_volume_ml=round(liver_ml, 1),
+            tumour_volume_ml=round(float((tumour & liver).sum()) * voxel_ml, 2),
+            liver_source=liver_source,
+            timings_s=timer.timings_s,
+            warnings=warnings,
+        )
+        for lesion in lesions:
+            if lesion.touches_scan_edge:
+                result.warnings.append(
+                    f"Lesion {lesion.lesion_id} touches the edge of the scan; its volume is a lower bound."
+                )
+        return result
+
+    def _find_liver(self, scan: sitk.Image, progress: Progress | None) -> np.ndarray:
+        """Run the liver model and return the cleaned liver mask on the scan's grid, bool (z, y, x)."""
+        model = self.liver_model
+        metadata = model.metadata
+        coarse = resample_to_spacing(scan, metadata.spacing_zyx_mm, default_value=metadata.pad_hu)
+        ct = normalise_hu(sitk.GetArrayViewFromImage(coarse), metadata)[np.newaxis]
+        probability = sliding_window_probability(
+            [ct],
+            [float(normalise_hu(np.float32(metadata.pad_hu), metadata))],
+            model.predict,
+            patch_shape_vox=metadata.patch_shape_vox,
+            overlap=metadata.overlap,
+            progress=None if progress is None else lambda d, t: progress("liver", d, t),
+        )
+
+        # Keep the largest component (a liver is one organ) and fill its holes, where tumours
+        # the liver model did not call liver would otherwise be cut out.
+        component = _largest_component(probability > metadata.threshold)
+        if not component.any():
+            return np.zeros(sitk.GetArrayViewFromImage(scan).shape, dtype=bool)
+        keep = ndimage.binary_dilation(component, iterations=1)
+        probability = np.where(keep, probability, np.float32(0))
+
+        probability_image = sitk.GetImageFromArray(probability)
+        probability_image.CopyInformation(coarse)
+        fine = resample_like(probability_image, scan, interpolator=sitk.sitkLinear)
+        liver = sitk.GetArrayFromImage(fine) > metadata.threshold
+        liver = _largest_component(liver)
+        return ndimage.binary_fill_holes(liver)
+
+    def _find_tumours(
+        self,
+        scan: sitk.Image,
+        liver: np.ndarray,
+        timer: _StageTimer,
+        progress: Progress | None,
+    ) -> np.ndarray:
+        """Run MHP-Net inside the liver; return the tumour mask on the scan's grid, bool (z, y, x)."""
+        model = self.tumour_model
+        metadata = model.metadata
+
+        with timer.stage("resample"):
+            box = bounding_box_with_margin(liver, image_spacing_zyx_mm(scan), metadata.roi_margin_mm)
+            z, y, x = box
+            crop = scan[x.start : x.stop, y.start : y.stop, z.start : z.stop]
+            liver_crop_image = sitk.GetImageFromArray(liver[box].astype(np.uint8))
+            liver_crop_image.CopyInformation(crop)
+
+            work = resample_to_spacing(crop, metadata.spacing_zyx_mm, default_value=metadata.pad_hu)
+            work_liver = resample_like(liver_crop_image, work, interpolator=sitk.sitkNearestNeighbor)
+            hu = sitk.GetArrayFromImage(work)
+            region = sitk.GetArrayViewFromImage(work_liver) > 0
+
+        with timer.stage("hessian"):
+            enhanced = hessian_input(hu, metadata.spacing_zyx_mm, metadata.hessian)
+
+        with timer.stage("inference"):
+            ct = normalise_hu(hu, metadata)
+            probability = sliding_window_probability(
+                [ct[np.newaxis], enhanced[np.newaxis]],
+                [float(normalise_hu(np.float32(metadata.pad_hu), metadata)), 0.0],
+                model.predict,
+                patch_shape_vox=metadata.patch_shape_vox,
+                overlap=metadata.overlap,
+                region_mask=region,
+                progress=None if progress is None else lambda d, t: progress("tumour", d, t),
+            )
+
+        with timer.stage("postprocess"):
+            probability_image = sitk.GetImageFromArray(probability)
+            probability_image.CopyInformation(work)
+            fine = resample_like(probability_image, crop, interpolator=sitk.sitkLinear)
+            tumour_crop = (sitk.GetArrayFromImage(fine) > metadata.threshold) & liver[box]
+            voxel_mm3 = float(np.prod(scan.GetSpacing()))
+            tumour_crop = _drop_small_components(tumour_crop, min_vox=metadata.min_component_mm3 / voxel_mm3)
+            tumour = np.zeros(liver.shape, dtype=bool)
+            tumour[box] = tumour_crop
+        return tumour
+
+
+def _check_scan(image: sitk.Image) -> None:
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputImageError(
+            f"expected a 3D scalar CT volume, got a {image.GetDimension()}D image with "
+            f"{image.GetNumberOfComponentsPerPixel()} components per voxel."
+        )
+
+
+def _spacing_warnings(scan: sitk.Image) -> list[str]:
+    # Ranges of clinical abdominal CT; outside them the header is probably wrong (e.g. a fake
+    # 1 x 1 x 1 mm spacing) and every size in the report is suspect.
+    z_mm, y_mm, x_mm = image_spacing_zyx_mm(scan)
+    warnings = []
+    if not (0.3 <= y_mm <= 1.5 and 0.3 <= x_mm <= 1.5):
+        warnings.append(
+            f"In-plane spacing {y_mm:.2f} x {x_mm:.2f} mm is outside 0.3-1.5 mm, unusual for "
+            "abdominal CT; check the header, sizes and volumes may be wrong."
+        )
+    if not 0.5 <= z_mm <= 7.0:
+        warnings.append(
+            f"Slice spacing {z_mm:.2f} mm is outside 0.5-7 mm, unusual for abdominal CT; "
+            "check the header, sizes and volumes may be wrong."
+        )
+    for warning in warnings:
+        logger.warning(warning)
+    return warnings
+
+
+def _oriented_liver_mask(liver_mask: sitk.Image, image: sitk.Image) -> np.ndarray:
+    if liver_mask.GetSize() != image.GetSize() or not _same_geometry(liver_mask, image):
+        raise InputImageError(
+            f"liver mask grid (size {liver_mask.GetSize()}, spacing "
+            f"{tuple(round(s, 4) for s in liver_mask.GetSpacing())}, origin "
+            f"{tuple(round(o, 2) for o in liver_mask.GetOrigin())}) differs from the scan's (size "
+            f"{image.GetSize()}, spacing {tuple(round(s, 4) for s in image.GetSpacing())}, origin "
+            f"{tuple(round(o, 2) for o in image.GetOrigin())}). Give a mask made on this scan."
+        )
+    binary = sitk.Cast(sitk.NotEqual(liver_mask, 0), sitk.sitkUInt8)
+    binary.CopyInformation(image)
+    oriented = sitk.DICOMOrient(binary, "LPS")
+    return sitk.GetArrayFromImage(oriented).astype(bool)
+
+
+def _same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> bool:
+    return (
+        np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=tolerance, atol=tolerance)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=tolerance, atol=1e-2)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tolerance)
+    )
+
+
+def _to_input_grid(labels: np.ndarray, scan: sitk.Image, image: sitk.Image) -> sitk.Image:
+    """Return canonical-orientation labels as an image with the input's exact grid."""
+    canonical = sitk.GetImageFromArray(labels)
+    canonical.CopyInformation(scan)
+    orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+    restored = sitk.DICOMOrient(canonical, orientation)
+    if restored.GetSize() != image.GetSize():
+        raise AssertionError(f"restored mask size {restored.GetSize()} differs from input {image.GetSize()}")
+    restored.CopyInformation(image)
+    return restored
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    labelled, count = ndimage.label(mask)
+    if count == 0:
+        return np.zeros(mask.shape, dtype=bool)
+    sizes = np.bincount(labelled.ravel())
+    sizes[0] = 0
+    return labelled == int(sizes.argmax())
+
+
+def _drop_small_components(mask: np.ndarray, *, min_vox: float) -> np.ndarray:
+    labelled, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    if count == 0:
+        return mask
+    sizes = np.bincount(labelled.ravel())
+    keep = sizes >= min_vox
+    keep[0] = False
+    return keep[labelled]

@@ -1,0 +1,200 @@
+"""Turn a CT scan into model input: orientation, HU clean-up, resampling, normalisation, crops.
+
+The runtime and the training code in ``export/`` call the same functions, so a model sees at
+inference exactly what it saw in training. Every constant comes from the model's metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from mhp_edge.hessian import multiscale_blob_response
+from mhp_edge.metadata import HessianSpec, ModelMetadata
+
+logger = logging.getLogger(__name__)
+
+# Orientation every scan is turned to before any model sees it: array axes (z, y, x) run to
+# superior, posterior and the patient's left, as in an axial DICOM series.
+CANONICAL_ORIENTATION = "LPS"
+
+# Values this far below water cannot be tissue or air: they are scanner padding (-2048, -3024,
+# -32768) outside the reconstruction circle, and become air.
+AIR_HU = -1024.0
+
+
+@dataclass(frozen=True)
+class CleanedScan:
+    """A scan in canonical orientation with float32 HU, plus what was repaired.
+
+    Attributes
+    ----------
+    image : SimpleITK.Image
+        float32 HU, oriented as ``CANONICAL_ORIENTATION``.
+    non_finite_vox : int
+        NaN or infinite voxels that were replaced with air.
+    padding_vox : int
+        Voxels below air (scanner padding) that were set to air.
+    """
+
+    image: sitk.Image
+    non_finite_vox: int
+    padding_vox: int
+
+
+def image_spacing_zyx_mm(image: sitk.Image) -> tuple[float, float, float]:
+    """Return an image's spacing in (z, y, x) order, in mm."""
+    x_mm, y_mm, z_mm = image.GetSpacing()
+    return z_mm, y_mm, x_mm
+
+
+def clean_scan(image: sitk.Image) -> CleanedScan:
+    """Reorient a CT scan to the canonical orientation and repair non-finite and padding values.
+
+    Parameters
+    ----------
+    image : SimpleITK.Image
+        3D scalar image in HU, any pixel type and any direction.
+
+    Returns
+    -------
+    CleanedScan
+    """
+    oriented = sitk.DICOMOrient(sitk.Cast(image, sitk.sitkFloat32), CANONICAL_ORIENTATION)
+    hu = sitk.GetArrayFromImage(oriented)
+
+    non_finite = ~np.isfinite(hu)
+    non_finite_vox = int(non_finite.sum())
+    hu[non_finite] = AIR_HU
+    padding = hu < AIR_HU
+    padding_vox = int(padding.sum())
+    hu[padding] = AIR_HU
+
+    cleaned = sitk.GetImageFromArray(hu)
+    cleaned.CopyInformation(oriented)
+    if non_finite_vox:
+        logger.warning("Replaced %d non-finite voxels with %.0f HU", non_finite_vox, AIR_HU)
+    if padding_vox:
+        logger.info("Set %d padding voxels below %.0f HU to air", padding_vox, AIR_HU)
+    return CleanedScan(cleaned, non_finite_vox, padding_vox)
+
+
+def resample_to_spacing(
+    image: sitk.Image,
+    target_spacing_zyx_mm: Sequence[float],
+    *,
+    interpolator: int = sitk.sitkLinear,
+    default_value: float = 0.0,
+) -> sitk.Image:
+    """Resample an image onto a grid with the same origin and direction and a new spacing.
+
+    The new grid covers the old one: its size is ``ceil(old_extent / new_spacing)`` per axis.
+
+    Parameters
+    ----------
+    image : SimpleITK.Image
+        Any 3D image.
+    target_spacing_zyx_mm : sequence of 3 floats
+        New spacing in mm, (z, y, x) order.
+    interpolator : int
+        A SimpleITK interpolator constant, linear by default.
+    default_value : float
+        Value for points outside the input.
+    """
+    new_spacing_xyz = tuple(float(s) for s in reversed(target_spacing_zyx_mm))
+    old_size = np.array(image.GetSize(), dtype=np.float64)
+    old_spacing = np.array(image.GetSpacing(), dtype=np.float64)
+    new_size = np.maximum(1, np.ceil(old_size * old_spacing / new_spacing_xyz - 1e-6)).astype(int)
+
+    return sitk.Resample(
+        image,
+        [int(n) for n in new_size],
+        sitk.Transform(),
+        interpolator,
+        image.GetOrigin(),
+        new_spacing_xyz,
+        image.GetDirection(),
+        default_value,
+        image.GetPixelID(),
+    )
+
+
+def resample_like(
+    image: sitk.Image, reference: sitk.Image, *, interpolator: int, default_value: float = 0.0
+) -> sitk.Image:
+    """Resample an image onto the voxel grid of ``reference`` (size, spacing, origin, direction)."""
+    return sitk.Resample(image, reference, sitk.Transform(), interpolator, default_value, image.GetPixelID())
+
+
+def normalise_hu(hu: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
+    """Clip HU to the model's window and standardise.
+
+    Parameters
+    ----------
+    hu : ndarray, float32
+        Intensities in HU.
+    metadata : ModelMetadata
+        Supplies ``hu_clip``, ``hu_mean`` and ``hu_std``.
+
+    Returns
+    -------
+    ndarray, float32
+        ``(clip(hu) - hu_mean) / hu_std``.
+    """
+    low, high = metadata.hu_clip
+    clipped = np.clip(hu, low, high).astype(np.float32, copy=False)
+    return (clipped - np.float32(metadata.hu_mean)) / np.float32(metadata.hu_std)
+
+
+def hessian_input(hu: np.ndarray, spacing_zyx_mm: Sequence[float], spec: HessianSpec) -> np.ndarray:
+    """Compute the Hessian-enhanced twin of a CT volume as the model expects it.
+
+    Parameters
+    ----------
+    hu : ndarray of shape (Z, Y, X), float32
+        Intensities in HU at the model's spacing.
+    spacing_zyx_mm : sequence of 3 floats
+        Voxel spacing in mm.
+    spec : HessianSpec
+        Clip range, scales and response scale from the model metadata.
+
+    Returns
+    -------
+    ndarray of shape (Z, Y, X), float32
+        Signed blob response divided by ``spec.response_scale``.
+    """
+    low, high = spec.hu_clip
+    clipped = np.clip(hu, low, high).astype(np.float32, copy=False)
+    response = multiscale_blob_response(clipped, spacing_zyx_mm, spec.scales_mm)
+    response /= np.float32(spec.response_scale)
+    return response
+
+
+def bounding_box_with_margin(
+    mask: np.ndarray, spacing_zyx_mm: Sequence[float], margin_mm: float
+) -> tuple[slice, slice, slice] | None:
+    """Return the (z, y, x) slices of a mask's bounding box grown by a margin, or None if empty.
+
+    Parameters
+    ----------
+    mask : ndarray of shape (Z, Y, X), bool or uint8
+    spacing_zyx_mm : sequence of 3 floats
+        Voxel spacing in mm.
+    margin_mm : float
+        Margin added on every side, clipped to the array.
+    """
+    coordinates = np.nonzero(mask)
+    if coordinates[0].size == 0:
+        return None
+
+    box = []
+    for axis, along in enumerate(coordinates):
+        margin_vox = int(np.ceil(margin_mm / spacing_zyx_mm[axis]))
+        start = max(0, int(along.min()) - margin_vox)
+        stop = min(mask.shape[axis], int(along.max()) + 1 + margin_vox)
+        box.append(slice(start, stop))
+    return box[0], box[1], box[2]

@@ -1,0 +1,1 @@
+"""Shipped ONNX models with their cards, installed as ``mhp_edge.models``."""
