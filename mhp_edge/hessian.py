@@ -50,23 +50,11 @@ def hessian_entries(volume: np.ndarray, spacing_zyx_mm: Sequence[float], sigma_m
     sigma_vox = sigma_mm / spacing
 
     # Separable passes are shared: the z pass of order k feeds every entry that starts with k.
-    after_z = {
-        order: ndimage.gaussian_filter1d(
-            volume, sigma_vox[0], axis=0, order=order, mode="nearest", output=np.float32
-        )
-        for order in (0, 1, 2)
-    }
+    after_z = {order: _smooth_along(volume, sigma_vox[0], axis=0, order=order) for order in (0, 1, 2)}
     after_zy: dict[tuple[int, int], np.ndarray] = {}
     for z_order, y_order, _ in _HESSIAN_ORDERS:
         if (z_order, y_order) not in after_zy:
-            after_zy[z_order, y_order] = ndimage.gaussian_filter1d(
-                after_z[z_order],
-                sigma_vox[1],
-                axis=1,
-                order=y_order,
-                mode="nearest",
-                output=np.float32,
-            )
+            after_zy[z_order, y_order] = _smooth_along(after_z[z_order], sigma_vox[1], axis=1, order=y_order)
     del after_z
 
     entries = []
@@ -84,6 +72,46 @@ def hessian_entries(volume: np.ndarray, spacing_zyx_mm: Sequence[float], sigma_m
         entry *= np.float32(sigma_mm**2 / per_mm2)
         entries.append(entry)
     return entries
+
+
+def gaussian_derivative_kernel(sigma_vox: float, order: int) -> np.ndarray:
+    """Return correlation weights for a Gaussian derivative of order 0, 1 or 2.
+
+    The sampled kernels are corrected so that they are exact on polynomials: order 0 sums to 1,
+    order 1 returns slope 1 on a ramp, order 2 sums to 0 and returns 1 on ``t**2 / 2``. Truncated
+    Gaussian derivatives without the correction give a non-zero second derivative of a constant.
+
+    Parameters
+    ----------
+    sigma_vox : float
+        Standard deviation in voxels, > 0.
+    order : int
+        Derivative order, 0 to 2.
+
+    Returns
+    -------
+    ndarray of shape (2 * radius + 1,), float64
+        Weights for ``scipy.ndimage.correlate1d``; the radius is 4 standard deviations.
+    """
+    radius = max(1, int(4.0 * sigma_vox + 0.5))
+    t = np.arange(-radius, radius + 1, dtype=np.float64)
+    gaussian = np.exp(-0.5 * (t / sigma_vox) ** 2)
+    gaussian /= gaussian.sum()
+    if order == 0:
+        return gaussian
+    if order == 1:
+        weights = t * gaussian
+        return weights / np.sum(t * weights)
+    if order == 2:
+        weights = (t**2 / sigma_vox**4 - 1 / sigma_vox**2) * gaussian
+        weights -= gaussian * weights.sum()
+        return weights / np.sum(t**2 * weights / 2)
+    raise ValueError(f"derivative order must be 0, 1 or 2, got {order}")
+
+
+def _smooth_along(volume: np.ndarray, sigma_vox: float, *, axis: int, order: int) -> np.ndarray:
+    weights = gaussian_derivative_kernel(sigma_vox, order)
+    return ndimage.correlate1d(volume, weights, axis=axis, mode="nearest", output=np.float32)
 
 
 def symmetric_eigenvalues(

@@ -7,9 +7,11 @@ place, so a crash never leaves a half-written mask and an existing file is repla
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import tempfile
+import zlib
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -59,6 +61,8 @@ def read_image(path: Path) -> sitk.Image:
                 f"{path}: unknown image type. Give a .nii, .nii.gz, .nrrd, .mha or .mhd file, "
                 "or a folder of DICOM files."
             )
+        if path.name.lower().endswith(".gz"):
+            _check_gzip_complete(path)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as err:
@@ -69,6 +73,19 @@ def read_image(path: Path) -> sitk.Image:
 
     _check_volume(image, path)
     return image
+
+
+def _check_gzip_complete(path: Path) -> None:
+    # ITK's NIfTI reader fills a truncated .nii.gz with zeros instead of failing, so the stream is
+    # decompressed once here to find a missing end or a bad checksum.
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 22):
+                pass
+    except (EOFError, OSError, zlib.error) as err:
+        raise InputImageError(
+            f"{path}: the gzip data is truncated or corrupt ({err}). Copy or export the file again."
+        ) from err
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
@@ -131,10 +148,13 @@ def write_image_atomic(image: sitk.Image, path: Path, *, overwrite: bool = False
         raise OutputError(f"{path}: already exists. Remove it or pass --overwrite.")
     if path.is_dir():
         raise OutputError(f"{path}: is a folder, expected a file name.")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(handle)
+    except OSError as err:
+        raise OutputError(f"{path}: writing failed ({err}). Choose a writable output folder.") from err
 
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(handle)
     try:
         sitk.WriteImage(image, temporary, useCompression=True)
         os.replace(temporary, path)

@@ -63,9 +63,7 @@ def measure_lesions(label_image: sitk.Image, scan: sitk.Image) -> list[Lesion]:
         Largest first.
     """
     tumour = sitk.Equal(label_image, TUMOUR_LABEL)
-    components = sitk.RelabelComponent(
-        sitk.ConnectedComponent(tumour, fullyConnected=True), sortByObjectSize=True
-    )
+    components = sitk.RelabelComponent(sitk.ConnectedComponent(tumour, True), sortByObjectSize=True)
     shape = sitk.LabelShapeStatisticsImageFilter()
     shape.Execute(components)
     intensity = sitk.LabelStatisticsImageFilter()

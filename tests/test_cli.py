@@ -1,0 +1,109 @@
+"""The command line: outputs, exit codes and messages, with small linear models."""
+
+import json
+
+import pytest
+import SimpleITK as sitk
+from typer.testing import CliRunner
+
+from mhp_edge import __version__
+from mhp_edge.cli import EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, app
+from mhp_edge.pipeline import LIVER_MODEL_FILE, TUMOUR_MODEL_FILE
+from model_factory import make_metadata, write_linear_model
+from phantoms import liver_phantom
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    write_linear_model(folder, LIVER_MODEL_FILE, make_metadata("liver"))
+    tumour = make_metadata("tumour", hu_mean=200.0, hu_clip=(-250.0, 400.0))
+    write_linear_model(folder, TUMOUR_MODEL_FILE, tumour)
+    return folder
+
+
+@pytest.fixture
+def scan(tmp_path):
+    path = tmp_path / "phantom.nii.gz"
+    sitk.WriteImage(liver_phantom(), str(path))
+    return path
+
+
+def segment(*arguments):
+    return runner.invoke(app, ["segment", *map(str, arguments)])
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert __version__ in result.output
+
+
+def test_segment_writes_mask_and_report(tmp_path, scan, models_dir):
+    result = segment(scan, "-o", tmp_path / "out", "--models", models_dir, "--threads", 1)
+    assert result.exit_code == 0, result.output
+    mask = sitk.ReadImage(str(tmp_path / "out" / "phantom_mask.nii.gz"))
+    report = json.loads((tmp_path / "out" / "phantom_report.json").read_text())
+    assert mask.GetSize() == liver_phantom().GetSize()
+    assert len(report["lesions"]) == 1
+    assert report["timings_s"]["inference"] >= 0
+    assert "1 lesion(s)" in result.output
+
+
+def test_segment_to_mask_file_name(tmp_path, scan, models_dir):
+    result = segment(scan, "-o", tmp_path / "result.nrrd", "--models", models_dir)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "result.nrrd").is_file()
+    assert (tmp_path / "result_report.json").is_file()
+
+
+def test_missing_scan_is_input_error(tmp_path, models_dir):
+    result = segment(tmp_path / "absent.nii.gz", "-o", tmp_path, "--models", models_dir)
+    assert result.exit_code == EXIT_INPUT
+    assert "absent.nii.gz: file not found" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_output_error(tmp_path, scan, models_dir):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "phantom_mask.nii.gz").write_bytes(b"earlier result")
+    result = segment(scan, "-o", out, "--models", models_dir)
+    assert result.exit_code == EXIT_OUTPUT
+    assert "--overwrite" in result.output
+    assert (out / "phantom_mask.nii.gz").read_bytes() == b"earlier result"
+    assert not (out / "phantom_report.json").exists()
+
+
+def test_output_equal_to_input_refused(scan, models_dir):
+    result = segment(scan, "-o", scan, "--models", models_dir, "--overwrite")
+    assert result.exit_code == EXIT_OUTPUT
+    assert "is the input scan" in result.output
+    assert sitk.ReadImage(str(scan)).GetSize() == liver_phantom().GetSize()
+
+
+def test_missing_model_is_model_error(tmp_path, scan):
+    result = segment(scan, "-o", tmp_path / "out", "--models", tmp_path)
+    assert result.exit_code == EXIT_MODEL
+    assert "model file not found" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_identical_masks(tmp_path):
+    mask = tmp_path / "mask.nii.gz"
+    labels = sitk.Cast(sitk.Clamp(liver_phantom(), lowerBound=0, upperBound=2), sitk.sitkUInt8)
+    sitk.WriteImage(labels, str(mask))
+    result = runner.invoke(app, ["evaluate", str(mask), str(mask)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    assert metrics["liver_dice"] == 1.0
+    assert metrics["tumour_dice"] == 1.0
+    assert metrics["false_positive_lesions"] == 0
+
+
+def test_info_prints_cards(models_dir):
+    result = runner.invoke(app, ["info", "--models", str(models_dir)])
+    assert result.exit_code == 0, result.output
+    assert "test-liver" in result.output

@@ -1,0 +1,134 @@
+"""Model loading: the card checksum, the metadata contract and the graph checks."""
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from mhp_edge.errors import ModelError
+from mhp_edge.metadata import METADATA_KEY, card_path_for, parse_metadata, sha256_of_file
+from mhp_edge.model import available_cpu_count, load_model
+from model_factory import make_metadata, write_linear_model
+
+
+def test_valid_model_loads_and_predicts(tmp_path):
+    path = write_linear_model(tmp_path, "tumour.onnx", make_metadata("tumour"))
+    model = load_model(path, threads=1)
+    ct = np.ones((2, 1, 8, 16, 16), dtype=np.float32)
+    logits = model.predict([ct, ct])
+    assert logits.shape == (2, 1, 8, 16, 16)
+    assert np.allclose(logits, 4.0)
+    assert model.metadata.hessian.scales_mm == (3.0, 6.0)
+
+
+def test_metadata_round_trip():
+    metadata = make_metadata("tumour")
+    assert parse_metadata(metadata.to_json(), source="memory") == metadata
+
+
+def test_changed_file_rejected_by_checksum(tmp_path):
+    path = write_linear_model(tmp_path, "liver.onnx", make_metadata("liver"))
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(ModelError, match="sha256 .* differs"):
+        load_model(path, threads=1)
+
+
+def test_truncated_file_rejected(tmp_path):
+    path = write_linear_model(tmp_path, "liver.onnx", make_metadata("liver"))
+    data = path.read_bytes()[:200]
+    path.write_bytes(data)
+    card = json.loads(card_path_for(path).read_text())
+    card["sha256"] = hashlib.sha256(data).hexdigest()
+    card_path_for(path).write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="liver.onnx"):
+        load_model(path, threads=1)
+
+
+def test_missing_card_rejected(tmp_path):
+    path = write_linear_model(tmp_path, "liver.onnx", make_metadata("liver"))
+    card_path_for(path).unlink()
+    with pytest.raises(ModelError, match="card not found"):
+        load_model(path, threads=1)
+
+
+def test_missing_metadata_rejected(tmp_path):
+    path = write_linear_model(tmp_path, "liver.onnx", make_metadata("liver"), with_metadata=False)
+    with pytest.raises(ModelError, match=f"no '{METADATA_KEY}' metadata"):
+        load_model(path, threads=1)
+
+
+def test_input_names_mismatch_rejected(tmp_path):
+    path = write_linear_model(
+        tmp_path, "tumour.onnx", make_metadata("tumour"), graph_input_names=["ct", "enhanced"]
+    )
+    with pytest.raises(ModelError, match="graph inputs"):
+        load_model(path, threads=1)
+
+
+def test_patch_shape_mismatch_rejected(tmp_path):
+    metadata = make_metadata("liver", patch_shape_vox=(8, 16, 16))
+    path = write_linear_model(tmp_path, "liver.onnx", metadata)
+    model = onnx.load(str(path))
+    wrong = make_metadata("liver", patch_shape_vox=(8, 16, 32))
+    model.metadata_props[0].value = wrong.to_json()
+    onnx.save(model, str(path))
+    card = json.loads(card_path_for(path).read_text())
+    card["sha256"] = sha256_of_file(path)
+    card_path_for(path).write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="metadata patch is 32"):
+        load_model(path, threads=1)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"threshold": 1.5}, "threshold"),
+        ({"hu_std": 0.0}, "hu_std"),
+        ({"task": "kidney"}, "task"),
+        ({"overlap": 1.0}, "overlap"),
+    ],
+)
+def test_inconsistent_metadata_rejected(changes, message):
+    document = json.loads(make_metadata("liver").to_json())
+    document.update(changes)
+    with pytest.raises(ModelError, match=message):
+        parse_metadata(json.dumps(document), source="model.onnx")
+
+
+def test_metadata_missing_key_names_file():
+    document = json.loads(make_metadata("liver").to_json())
+    del document["spacing_zyx_mm"]
+    with pytest.raises(ModelError, match="model.onnx: .*spacing_zyx_mm"):
+        parse_metadata(json.dumps(document), source="model.onnx")
+
+
+def test_external_data_rejected(tmp_path):
+    path = write_linear_model(tmp_path, "liver.onnx", make_metadata("liver"))
+    model = onnx.load(str(path))
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "../../etc/passwd"
+    onnx.save(model, str(path))
+    card = json.loads(card_path_for(path).read_text())
+    card["sha256"] = sha256_of_file(path)
+    card_path_for(path).write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="external file"):
+        load_model(path, threads=1)
+
+
+def test_cpu_count_positive():
+    assert available_cpu_count() >= 1
+
+
+def test_runtime_never_imports_torch():
+    code = (
+        "import sys, mhp_edge, mhp_edge.cli, mhp_edge.pipeline, mhp_edge.evaluate; "
+        "sys.exit('torch' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -1,0 +1,113 @@
+"""The pipeline on phantoms with small linear models: geometry, orientation and bad values."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from mhp_edge.errors import InputImageError
+from mhp_edge.pipeline import LIVER_MODEL_FILE, TUMOUR_MODEL_FILE, Segmenter
+from model_factory import make_metadata, write_linear_model
+from phantoms import LESION_HU, axis_aligned_directions, liver_phantom, reoriented
+
+
+@pytest.fixture(scope="module")
+def segmenter(tmp_path_factory):
+    """Linear models: liver where HU > 0, tumour where HU > 200, at the phantom's spacing."""
+    folder = tmp_path_factory.mktemp("models")
+    write_linear_model(folder, LIVER_MODEL_FILE, make_metadata("liver", patch_shape_vox=(8, 16, 16)))
+    tumour = make_metadata("tumour", patch_shape_vox=(8, 16, 16), hu_mean=200.0, hu_clip=(-250.0, 400.0))
+    write_linear_model(folder, TUMOUR_MODEL_FILE, tumour)
+    return Segmenter(folder, threads=1)
+
+
+def test_phantom_labels_and_geometry(segmenter):
+    phantom = liver_phantom()
+    result = segmenter.segment(phantom)
+    mask = sitk.GetArrayFromImage(result.mask)
+    hu = sitk.GetArrayFromImage(phantom)
+
+    assert result.mask.GetPixelID() == sitk.sitkUInt8
+    assert result.mask.GetSize() == phantom.GetSize()
+    assert result.mask.GetSpacing() == phantom.GetSpacing()
+    assert result.mask.GetOrigin() == phantom.GetOrigin()
+    assert result.mask.GetDirection() == phantom.GetDirection()
+    assert set(np.unique(mask)) == {0, 1, 2}
+    assert (mask[hu == LESION_HU] == 2).mean() > 0.9
+    assert len(result.lesions) == 1
+    assert result.liver_source == "model"
+
+
+def test_all_48_orientations_give_one_physical_mask(segmenter):
+    phantom = liver_phantom()
+    reference = segmenter.segment(phantom).mask
+    for direction in axis_aligned_directions():
+        image = reoriented(phantom, direction)
+        mask = segmenter.segment(image).mask
+        assert mask.GetDirection() == image.GetDirection()
+        assert mask.GetOrigin() == image.GetOrigin()
+        back = sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(reference)), direction
+
+
+def test_oblique_direction_keeps_physical_position(segmenter):
+    phantom = liver_phantom()
+    reference = segmenter.segment(phantom)
+    angle = np.deg2rad(10.0)
+    rotation = (np.cos(angle), -np.sin(angle), 0.0, np.sin(angle), np.cos(angle), 0.0, 0.0, 0.0, 1.0)
+    oblique = sitk.Image(phantom)
+    oblique.SetDirection(rotation)
+    # Put the same object onto the rotated grid, so physical content matches the phantom.
+    oblique = sitk.Resample(phantom, oblique, sitk.Transform(), sitk.sitkNearestNeighbor, -1000)
+    result = segmenter.segment(oblique)
+    assert result.mask.GetDirection() == pytest.approx(rotation)
+    assert len(result.lesions) == 1
+    shift = np.subtract(result.lesions[0].centroid_lps_mm, reference.lesions[0].centroid_lps_mm)
+    assert np.linalg.norm(shift) < 3.0
+
+
+def test_given_liver_mask_is_used(segmenter):
+    phantom = liver_phantom()
+    liver = sitk.Cast(phantom > 0, sitk.sitkUInt8)
+    result = segmenter.segment(phantom, liver_mask=liver)
+    assert result.liver_source == "mask"
+    assert len(result.lesions) == 1
+
+
+def test_liver_mask_on_other_grid_rejected(segmenter):
+    phantom = liver_phantom()
+    other = liver_phantom(shape_zyx=(24, 40, 50))
+    with pytest.raises(InputImageError, match="differs from the scan"):
+        segmenter.segment(phantom, liver_mask=other)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_voxels_replaced_and_counted(segmenter, value):
+    phantom = sitk.Cast(liver_phantom(), sitk.sitkFloat32)
+    array = sitk.GetArrayFromImage(phantom)
+    array[0, :5, :5] = value
+    broken = sitk.GetImageFromArray(array)
+    broken.CopyInformation(phantom)
+    result = segmenter.segment(broken)
+    assert any("non-finite" in warning for warning in result.warnings)
+    assert len(result.lesions) == 1
+
+
+@pytest.mark.parametrize("value", [-1024.0, 0.0])
+def test_constant_image_gives_empty_mask(segmenter, value):
+    image = sitk.Image(liver_phantom())
+    constant = sitk.GetImageFromArray(np.full(sitk.GetArrayViewFromImage(image).shape, value, np.float32))
+    constant.CopyInformation(image)
+    result = segmenter.segment(constant)
+    assert sitk.GetArrayViewFromImage(result.mask).max() == 0
+    assert any("no liver found" in warning for warning in result.warnings)
+
+
+@pytest.mark.parametrize(
+    "pixel_type",
+    [sitk.sitkInt16, sitk.sitkInt32, sitk.sitkFloat32, sitk.sitkFloat64],
+)
+def test_pixel_types_give_same_mask(segmenter, pixel_type):
+    phantom = liver_phantom()
+    reference = sitk.GetArrayFromImage(segmenter.segment(phantom).mask)
+    converted = sitk.Cast(phantom, pixel_type)
+    assert np.array_equal(sitk.GetArrayFromImage(segmenter.segment(converted).mask), reference)
