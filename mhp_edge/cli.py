@@ -119,6 +119,12 @@ def segment(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing mask and report.")
     ] = False,
+    series: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--series", help="SeriesInstanceUID to read from a DICOM folder (default: chosen by rules)."
+        ),
+    ] = None,
 ) -> None:
     """Segment liver (label 1) and liver tumours (label 2) in one CT scan."""
     from mhp_edge.io import read_image, write_image_atomic
@@ -133,7 +139,7 @@ def segment(
         load_s = time.perf_counter() - started
 
         started = time.perf_counter()
-        image = read_image(scan)
+        image = read_image(scan, series_uid=series)
         reference = read_image(liver_mask) if liver_mask is not None else None
         read_s = time.perf_counter() - started
 

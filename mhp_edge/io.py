@@ -16,6 +16,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from mhp_edge.dicom import read_dicom_series
 from mhp_edge.errors import InputImageError, OutputError
 
 logger = logging.getLogger(__name__)
@@ -32,13 +33,15 @@ def image_suffix(path: Path) -> str:
     return ""
 
 
-def read_image(path: Path) -> sitk.Image:
+def read_image(path: Path, *, series_uid: str | None = None) -> sitk.Image:
     """Read a 3D scalar image from a file or a folder holding one DICOM series.
 
     Parameters
     ----------
     path : Path
         Image file, or folder of DICOM files.
+    series_uid : str, optional
+        For a DICOM folder: the SeriesInstanceUID to read instead of the automatic choice.
 
     Returns
     -------
@@ -54,7 +57,7 @@ def read_image(path: Path) -> sitk.Image:
     if not path.exists():
         raise InputImageError(f"{path}: file not found. Check the path.")
     if path.is_dir():
-        image = _read_dicom_folder(path)
+        image = read_dicom_series(path, series_uid=series_uid)
     else:
         if not image_suffix(path):
             raise InputImageError(
@@ -86,30 +89,6 @@ def _check_gzip_complete(path: Path) -> None:
         raise InputImageError(
             f"{path}: the gzip data is truncated or corrupt ({err}). Copy or export the file again."
         ) from err
-
-
-def _read_dicom_folder(folder: Path) -> sitk.Image:
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not series_ids:
-        raise InputImageError(
-            f"{folder}: no DICOM series found in this folder. Point to the folder that holds "
-            "the .dcm files of one CT series."
-        )
-    if len(series_ids) > 1:
-        # TODO: choose among several series (phases, localizers) by explicit rules.
-        raise InputImageError(
-            f"{folder}: holds {len(series_ids)} DICOM series ({', '.join(series_ids)}). "
-            "Copy the one CT series to segment into a folder of its own."
-        )
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0])
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    try:
-        image = reader.Execute()
-    except RuntimeError as err:
-        raise InputImageError(f"{folder}: the DICOM series cannot be stacked ({_first_line(err)}).") from err
-    logger.info("Read DICOM series %s: %d files", series_ids[0], len(files))
-    return image
 
 
 def _check_volume(image: sitk.Image, path: Path) -> None:
