@@ -1,17 +1,17 @@
 """Command line: ``mhp-edge segment``, ``evaluate`` and ``info``.
 
 Exit codes: 0 success, 1 internal failure (a bug: please report it), 2 invalid usage,
-3 invalid or unreadable input, 4 invalid or missing model, 5 output cannot be written.
+3 invalid or unreadable input, 4 invalid or missing model, 5 output cannot be written,
+6 a batch finished but some scans failed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -31,6 +31,7 @@ EXIT_USAGE = 2
 EXIT_INPUT = 3
 EXIT_MODEL = 4
 EXIT_OUTPUT = 5
+EXIT_BATCH_FAILURES = 6
 
 _EXIT_CODES = {
     InputImageError: EXIT_INPUT,
@@ -38,6 +39,8 @@ _EXIT_CODES = {
     OutputError: EXIT_OUTPUT,
     ConfigurationError: EXIT_USAGE,
 }
+
+logger = logging.getLogger(__name__)
 
 app = typer.Typer(
     add_completion=False,
@@ -68,44 +71,100 @@ def main(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
+        force=True,
     )
 
 
+def _exit_code(err: Exception) -> int:
+    return next((code for kind, code in _EXIT_CODES.items() if isinstance(err, kind)), EXIT_INTERNAL)
+
+
 def _fail(err: Exception) -> typer.Exit:
-    code = next((code for kind, code in _EXIT_CODES.items() if isinstance(err, kind)), EXIT_INTERNAL)
     typer.echo(f"error: {err}", err=True)
-    return typer.Exit(code)
+    return typer.Exit(_exit_code(err))
 
 
-def _output_paths(source: Path, output: Path) -> tuple[Path, Path]:
-    """Return (mask path, report path) for a scan and an output folder or mask file name."""
+@dataclass(frozen=True)
+class _Outputs:
+    """Files written for one scan."""
+
+    mask: Path
+    report: Path
+    lesions_csv: Path
+    preview: Path | None
+
+    def all(self) -> list[Path]:
+        return [p for p in (self.mask, self.report, self.lesions_csv, self.preview) if p is not None]
+
+
+def scan_stem(scan: Path) -> str:
+    """Return a scan's name without its image suffix (a DICOM folder keeps its name)."""
     from mhp_edge.io import image_suffix
 
-    if image_suffix(output):
-        mask_path = output
+    suffix = image_suffix(scan)
+    return scan.name[: -len(suffix)] if suffix else scan.name
+
+
+def _outputs_for(scan: Path, output: Path, *, preview: bool, mask_file: bool) -> _Outputs:
+    from mhp_edge.io import image_suffix
+
+    if mask_file:
         stem = output.name[: -len(image_suffix(output))]
-        return mask_path, output.with_name(stem + "_report.json")
-    suffix = image_suffix(source)
-    stem = source.name[: -len(suffix)] if suffix else source.name.rstrip("/")
-    return output / f"{stem}_mask.nii.gz", output / f"{stem}_report.json"
+        mask, folder = output, output.parent
+    else:
+        stem = scan_stem(scan)
+        mask, folder = output / f"{stem}_mask.nii.gz", output
+    return _Outputs(
+        mask=mask,
+        report=folder / f"{stem}_report.json",
+        lesions_csv=folder / f"{stem}_lesions.csv",
+        preview=folder / f"{stem}_preview.png" if preview else None,
+    )
+
+
+def collect_scans(source: Path) -> list[Path] | None:
+    """Return the scans of a batch, or None when ``source`` is one scan.
+
+    A ``.txt`` file lists one scan per line (blank lines and ``#`` comments are ignored; relative
+    paths are relative to the list). A folder that holds image files (.nii, .nii.gz, .nrrd, .mha,
+    .mhd) is a batch of those files. Any other folder is one DICOM study.
+    """
+    from mhp_edge.io import image_suffix
+
+    if source.is_file() and source.suffix.lower() == ".txt":
+        scans = []
+        for line in source.read_text().splitlines():
+            entry = line.strip()
+            if entry and not entry.startswith("#"):
+                path = Path(entry)
+                scans.append(path if path.is_absolute() else source.parent / path)
+        return scans
+    if source.is_dir():
+        images = sorted(p for p in source.iterdir() if p.is_file() and image_suffix(p))
+        return images or None
+    return None
 
 
 @app.command()
 def segment(
     scan: Annotated[
-        Path, typer.Argument(help="CT scan: .nii/.nii.gz/.nrrd/.mha file or a DICOM series folder.")
+        Path,
+        typer.Argument(
+            help="CT scan (.nii, .nii.gz, .nrrd, .mha file or DICOM folder); or, for a batch, a "
+            "folder of image files or a .txt list of scans."
+        ),
     ],
     output: Annotated[
         Path,
         typer.Option(
             "--output",
             "-o",
-            help="Output folder (writes <name>_mask.nii.gz and <name>_report.json) or a mask file "
-            "name ending in .nii.gz, .nrrd or .mha.",
+            help="Output folder (writes <name>_mask.nii.gz, <name>_report.json and "
+            "<name>_lesions.csv), or for one scan a mask file name ending in .nii.gz, .nrrd or .mha.",
         ),
     ] = Path("."),
     liver_mask: Annotated[
-        Optional[Path],  # noqa: UP045 (typer reads Optional on Python 3.10)
+        Optional[Path],  # noqa: UP045 (typer needs Optional on Python 3.10)
         typer.Option("--liver-mask", help="Liver mask on the scan's grid; skips the liver model."),
     ] = None,
     threads: Annotated[
@@ -116,28 +175,70 @@ def segment(
         Optional[Path],  # noqa: UP045
         typer.Option("--models", help="Folder with liver_net.onnx and mhp_net.onnx (default: shipped)."),
     ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing mask and report.")
-    ] = False,
     series: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(
-            "--series", help="SeriesInstanceUID to read from a DICOM folder (default: chosen by rules)."
-        ),
+        typer.Option("--series", help="SeriesInstanceUID to read from a DICOM folder (default: by rules)."),
     ] = None,
+    preview: Annotated[
+        bool, typer.Option("--preview", help="Also write <name>_preview.png (axial and coronal view).")
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace existing outputs (a batch otherwise skips done scans)."),
+    ] = False,
 ) -> None:
-    """Segment liver (label 1) and liver tumours (label 2) in one CT scan."""
-    from mhp_edge.io import read_image, write_image_atomic
+    """Segment liver (label 1) and liver tumours (label 2) in one CT scan or a batch of scans."""
+    from mhp_edge.io import image_suffix
     from mhp_edge.pipeline import Segmenter
 
     try:
-        mask_path, report_path = _output_paths(scan, output)
-        _check_output(scan, mask_path, report_path, overwrite=overwrite)
-
+        batch = collect_scans(scan)
+        if batch is not None and (liver_mask is not None or image_suffix(output)):
+            raise ConfigurationError(
+                "a batch takes an output folder and no --liver-mask; segment scans one by one to "
+                "give each its own liver mask or mask file name."
+            )
         started = time.perf_counter()
         segmenter = Segmenter(models, threads=threads)
         load_s = time.perf_counter() - started
+    except MhpEdgeError as err:
+        raise _fail(err) from err
 
+    if batch is None:
+        outputs = _outputs_for(scan, output, preview=preview, mask_file=bool(image_suffix(output)))
+        try:
+            report = _segment_one(
+                segmenter, scan, outputs, liver_mask=liver_mask, series=series, overwrite=overwrite
+            )
+        except MhpEdgeError as err:
+            raise _fail(err) from err
+        except Exception as err:  # the command line ends with a message and exit code 1
+            logger.exception("internal failure on %s", scan)
+            raise _fail(err) from err
+        report["timings_s"] = {"load_models": round(load_s, 3), **report["timings_s"]}
+        _print_summary(outputs, report)
+        return
+
+    _run_batch(segmenter, batch, output, series=series, preview=preview, overwrite=overwrite)
+
+
+def _segment_one(
+    segmenter,
+    scan: Path,
+    outputs: _Outputs,
+    *,
+    liver_mask: Path | None,
+    series: str | None,
+    overwrite: bool,
+) -> dict:
+    """Segment one scan and write its outputs together; return the report."""
+    from mhp_edge.io import read_image, staged_outputs
+    from mhp_edge.report import build_report, lesions_csv
+
+    for path in outputs.all():
+        if path.resolve() == scan.resolve():
+            raise OutputError(f"{path}: is the input scan; choose another output name.")
+    with staged_outputs(outputs.all(), overwrite=overwrite) as temporaries:
         started = time.perf_counter()
         image = read_image(scan, series_uid=series)
         reference = read_image(liver_mask) if liver_mask is not None else None
@@ -146,81 +247,92 @@ def segment(
         result = segmenter.segment(image, liver_mask=reference)
 
         started = time.perf_counter()
-        write_image_atomic(result.mask, mask_path, overwrite=overwrite)
-        report = _report_document(scan, mask_path, segmenter, result)
-        report["timings_s"] = {
-            "load_models": round(load_s, 3),
-            "read": round(read_s, 3),
-            **{k: round(v, 3) for k, v in result.timings_s.items()},
-        }
+        report = build_report(
+            result, models=segmenter.model_ids(), scan_name=str(scan), mask_name=str(outputs.mask)
+        )
+        _write_mask(result.mask, temporaries[0])
+        temporaries[2].write_text(lesions_csv(result.lesions))
+        if outputs.preview is not None:
+            from mhp_edge.preview import write_preview
+
+            write_preview(image, result.mask, result.lesions, temporaries[3], overwrite=True)
+        report["timings_s"] = {"read": round(read_s, 3), **report["timings_s"]}
         report["timings_s"]["write"] = round(time.perf_counter() - started, 3)
-        _write_json_atomic(report, report_path, overwrite=overwrite)
-    except MhpEdgeError as err:
-        raise _fail(err) from err
-    except Exception as err:  # the command line must end with a message and exit code 1
-        logging.getLogger(__name__).exception("internal failure")
-        raise _fail(err) from err
-
-    _print_summary(mask_path, report_path, report)
+        temporaries[1].write_text(json.dumps(report, indent=2))
+    return report
 
 
-def _check_output(scan: Path, mask_path: Path, report_path: Path, *, overwrite: bool) -> None:
-    for path in (mask_path, report_path):
-        if path.resolve() == scan.resolve():
-            raise OutputError(f"{path}: is the input scan; choose another output name.")
-        if path.exists() and not overwrite:
-            raise OutputError(f"{path}: already exists. Remove it or pass --overwrite.")
-        if path.is_dir():
-            raise OutputError(f"{path}: is a folder, expected a file name.")
+def _write_mask(mask, path: Path) -> None:
+    import SimpleITK as sitk
 
-
-def _report_document(scan: Path, mask_path: Path, segmenter, result) -> dict:
-    return {
-        "mhp_edge_version": __version__,
-        "scan": str(scan),
-        "mask": str(mask_path),
-        "labels": {"0": "background", "1": "liver", "2": "tumour"},
-        "models": {
-            model.metadata.name: {"file": model.path.name, "sha256": model.card.get("sha256")}
-            for model in (segmenter.liver_model, segmenter.tumour_model)
-        },
-        "liver_source": result.liver_source,
-        "liver_volume_ml": result.liver_volume_ml,
-        "tumour_volume_ml": result.tumour_volume_ml,
-        "tumour_burden_percent": round(result.tumour_burden_percent, 2),
-        "lesions": [lesion.to_dict() for lesion in result.lesions],
-        "warnings": result.warnings,
-        "intended_use": "Research use only, not for clinical use.",
-    }
-
-
-def _write_json_atomic(document: dict, path: Path, *, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path}: already exists. Remove it or pass --overwrite.")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(handle, "w") as stream:
-            json.dump(document, stream, indent=2)
-        os.replace(temporary, path)
-    except OSError as err:
-        raise OutputError(f"{path}: writing failed ({err}).") from err
+        sitk.WriteImage(mask, str(path), useCompression=True)
+    except RuntimeError as err:
+        raise OutputError(f"{path}: writing the mask failed ({err}).") from err
 
 
-def _print_summary(mask_path: Path, report_path: Path, report: dict) -> None:
-    lesions = report["lesions"]
-    typer.echo(f"mask:   {mask_path}")
-    typer.echo(f"report: {report_path}")
+def _run_batch(segmenter, scans: list[Path], output: Path, *, series, preview, overwrite) -> None:
+    failures: list[tuple[Path, str]] = []
+    counts = {"done": 0, "skipped": 0}
+
+    def run(scan: Path) -> None:
+        outputs = _outputs_for(scan, output, preview=preview, mask_file=False)
+        if not overwrite and all(p.exists() for p in outputs.all()):
+            counts["skipped"] += 1
+            typer.echo(f"skipped  {scan} (outputs exist; --overwrite to redo)")
+            return
+        try:
+            report = _segment_one(
+                segmenter, scan, outputs, liver_mask=None, series=series, overwrite=overwrite
+            )
+        except Exception as err:  # one broken scan must not stop the batch
+            if not isinstance(err, MhpEdgeError):
+                logger.exception("internal failure on %s", scan)
+            failures.append((scan, str(err)))
+            typer.echo(f"failed   {scan}: {err}")
+            return
+        counts["done"] += 1
+        typer.echo(
+            f"done     {scan}: liver {report['liver_volume_ml']:.0f} mL, "
+            f"{report['lesion_count']} lesion(s), {sum(report['timings_s'].values()):.1f} s"
+        )
+
+    # The bar goes to stderr and only to a terminal, so logs and piped output stay clean.
+    if sys.stderr.isatty():
+        with typer.progressbar(scans, label="segmenting", file=sys.stderr, show_pos=True) as bar:
+            for scan in bar:
+                run(scan)
+    else:
+        for scan in scans:
+            run(scan)
+
+    typer.echo(
+        f"{counts['done']} segmented, {counts['skipped']} skipped, {len(failures)} failed "
+        f"of {len(scans)} scans"
+    )
+    if failures:
+        typer.echo("failures:", err=True)
+        for scan, message in failures:
+            typer.echo(f"  {scan}: {message}", err=True)
+        raise typer.Exit(EXIT_BATCH_FAILURES)
+
+
+def _print_summary(outputs: _Outputs, report: dict) -> None:
+    typer.echo(f"mask:    {outputs.mask}")
+    typer.echo(f"report:  {outputs.report}")
+    typer.echo(f"lesions: {outputs.lesions_csv}")
+    if outputs.preview is not None:
+        typer.echo(f"preview: {outputs.preview}")
     typer.echo(
         f"liver {report['liver_volume_ml']:.0f} mL ({report['liver_source']}), "
-        f"{len(lesions)} lesion(s), tumour burden {report['tumour_burden_percent']:.1f} %"
+        f"{report['lesion_count']} lesion(s), tumour burden {report['tumour_burden_percent']:.1f} %"
     )
-    for lesion in lesions:
+    for lesion in report["lesions"]:
         flag = "  (touches scan edge)" if lesion["touches_scan_edge"] else ""
         typer.echo(
             f"  lesion {lesion['lesion_id']}: {lesion['volume_ml']:.2f} mL, "
-            f"{lesion['equivalent_diameter_mm']:.0f} mm equal-volume diameter, "
-            f"centre LPS {lesion['centroid_lps_mm']} mm{flag}"
+            f"{lesion['longest_axial_diameter_mm']:.0f} x {lesion['perpendicular_diameter_mm']:.0f} mm "
+            f"axial, centre LPS {tuple(lesion['centroid_lps_mm'])} mm{flag}"
         )
     for warning in report["warnings"]:
         typer.echo(f"warning: {warning}")

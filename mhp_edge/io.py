@@ -12,6 +12,8 @@ import logging
 import os
 import tempfile
 import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -142,6 +144,59 @@ def write_image_atomic(image: sitk.Image, path: Path, *, overwrite: bool = False
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+@contextmanager
+def staged_outputs(paths: Sequence[Path], *, overwrite: bool = False) -> Iterator[list[Path]]:
+    """Stage several output files and move them into place together, or not at all.
+
+    Yields one temporary path per destination, in the destination's folder and with its suffix.
+    When the block ends without an exception every temporary file replaces its destination;
+    otherwise all are deleted and no destination changes.
+
+    Raises
+    ------
+    OutputError
+        If a destination exists (without ``overwrite``) or is a folder, or a folder cannot be
+        written.
+    """
+    destinations = [Path(p) for p in paths]
+    for destination in destinations:
+        if destination.is_dir():
+            raise OutputError(f"{destination}: is a folder, expected a file name.")
+        if destination.exists() and not overwrite:
+            raise OutputError(f"{destination}: already exists. Remove it or pass --overwrite.")
+
+    temporaries: list[Path] = []
+    try:
+        for destination in destinations:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            suffix = image_suffix(destination) or "".join(destination.suffixes[-1:])
+            handle, name = tempfile.mkstemp(
+                prefix=f".{destination.name}.", suffix=suffix, dir=destination.parent
+            )
+            os.close(handle)
+            temporaries.append(Path(name))
+    except OSError as err:
+        _remove(temporaries)
+        raise OutputError(
+            f"{destinations[len(temporaries)]}: cannot be written ({err}). Choose a writable folder."
+        ) from err
+
+    try:
+        yield temporaries
+        for temporary, destination in zip(temporaries, destinations, strict=True):
+            os.replace(temporary, destination)
+    except OSError as err:
+        raise OutputError(f"writing {', '.join(map(str, destinations))} failed ({err}).") from err
+    finally:
+        _remove(temporaries)
+
+
+def _remove(paths: Sequence[Path]) -> None:
+    for path in paths:
+        if path.exists():
+            path.unlink()
 
 
 def _first_line(err: Exception) -> str:

@@ -80,6 +80,11 @@ class SegmentationResult:
     warnings: list[str] = field(default_factory=list)
 
     @property
+    def mask_array(self) -> np.ndarray:
+        """Labels as a (Z, Y, X) uint8 array in the input's array order."""
+        return sitk.GetArrayFromImage(self.mask)
+
+    @property
     def tumour_burden_percent(self) -> float:
         """Tumour volume as a percentage of the liver volume (0 when there is no liver)."""
         if self.liver_volume_ml <= 0:
@@ -210,6 +215,57 @@ class Segmenter:
                 )
         return result
 
+    def segment_array(
+        self,
+        volume_hu: np.ndarray,
+        spacing_zyx_mm: tuple[float, float, float],
+        *,
+        origin_lps_mm: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        liver_mask: np.ndarray | None = None,
+        progress: Progress | None = None,
+    ) -> SegmentationResult:
+        """Segment a CT given as a numpy array in LPS orientation.
+
+        Parameters
+        ----------
+        volume_hu : ndarray of shape (Z, Y, X)
+            HU, any real dtype; axes run to superior, posterior and the patient's left (the array
+            order of an axial DICOM series).
+        spacing_zyx_mm : tuple of 3 floats
+            Voxel spacing in mm.
+        origin_lps_mm : tuple of 3 floats
+            Position of voxel (0, 0, 0) in LPS mm; only the report's centroids depend on it.
+        liver_mask : ndarray of shape (Z, Y, X), optional
+            Nonzero = liver; skips the liver model.
+        progress : callable, optional
+            As for ``segment``.
+
+        Returns
+        -------
+        SegmentationResult
+            ``mask_array`` holds the labels as a (Z, Y, X) uint8 array.
+        """
+        if volume_hu.ndim != 3:
+            raise InputImageError(f"volume_hu must be 3D (z, y, x), got shape {volume_hu.shape}.")
+        if len(spacing_zyx_mm) != 3 or min(spacing_zyx_mm) <= 0:
+            raise InputImageError(f"spacing_zyx_mm must be 3 positive mm values, got {spacing_zyx_mm}.")
+        image = _array_to_image(volume_hu, spacing_zyx_mm, origin_lps_mm)
+        mask_image = None
+        if liver_mask is not None:
+            if liver_mask.shape != volume_hu.shape:
+                raise InputImageError(
+                    f"liver_mask shape {liver_mask.shape} differs from volume shape {volume_hu.shape}."
+                )
+            mask_image = _array_to_image((liver_mask != 0).astype(np.uint8), spacing_zyx_mm, origin_lps_mm)
+        return self.segment(image, liver_mask=mask_image, progress=progress)
+
+    def model_ids(self) -> dict[str, dict]:
+        """Return each model's name with its file name and sha256, for reports."""
+        return {
+            model.metadata.name: {"file": model.path.name, "sha256": model.card.get("sha256")}
+            for model in (self.liver_model, self.tumour_model)
+        }
+
     def _find_liver(self, scan: sitk.Image, progress: Progress | None) -> np.ndarray:
         """Run the liver model and return the cleaned liver mask on the scan's grid, bool (z, y, x)."""
         model = self.liver_model
@@ -288,6 +344,19 @@ class Segmenter:
             tumour = np.zeros(liver.shape, dtype=bool)
             tumour[box] = tumour_crop
         return tumour
+
+
+def _array_to_image(
+    volume: np.ndarray, spacing_zyx_mm: tuple[float, float, float], origin_lps_mm: tuple[float, float, float]
+) -> sitk.Image:
+    if not np.issubdtype(volume.dtype, np.number) or np.issubdtype(volume.dtype, np.complexfloating):
+        raise InputImageError(f"volume dtype {volume.dtype} is not a real number type.")
+    if volume.dtype not in (np.uint8, np.int16, np.int32, np.float32, np.float64):
+        volume = volume.astype(np.float32)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume))
+    image.SetSpacing(tuple(float(s) for s in reversed(spacing_zyx_mm)))
+    image.SetOrigin(tuple(float(o) for o in origin_lps_mm))
+    return image
 
 
 def _check_scan(image: sitk.Image) -> None:

@@ -9,7 +9,7 @@ from phantoms import liver_phantom
 from typer.testing import CliRunner
 
 from mhp_edge import __version__
-from mhp_edge.cli import EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, app
+from mhp_edge.cli import EXIT_BATCH_FAILURES, EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, app
 from mhp_edge.pipeline import LIVER_MODEL_FILE, TUMOUR_MODEL_FILE
 
 runner = CliRunner()
@@ -107,3 +107,47 @@ def test_info_prints_cards(models_dir):
     result = runner.invoke(app, ["info", "--models", str(models_dir)])
     assert result.exit_code == 0, result.output
     assert "test-liver" in result.output
+
+
+def test_segment_writes_lesion_csv(tmp_path, scan, models_dir):
+    result = segment(scan, "-o", tmp_path, "--models", models_dir)
+    assert result.exit_code == 0, result.output
+    rows = (tmp_path / "phantom_lesions.csv").read_text().splitlines()
+    assert rows[0].startswith("lesion_id,volume_ml,longest_axial_diameter_mm")
+    assert len(rows) == 2
+
+
+def test_batch_folder_skips_done_and_reports_failures(tmp_path, models_dir):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in ("a", "b"):
+        sitk.WriteImage(liver_phantom(), str(scans / f"{name}.nii.gz"))
+    (scans / "broken.nii.gz").write_bytes(b"not a scan")
+    out = tmp_path / "out"
+
+    first = segment(scans, "-o", out, "--models", models_dir)
+    assert first.exit_code == EXIT_BATCH_FAILURES
+    assert "2 segmented, 0 skipped, 1 failed of 3 scans" in first.output
+    assert "broken.nii.gz" in first.output
+    assert (out / "a_mask.nii.gz").is_file()
+    assert not (out / "broken_mask.nii.gz").exists()
+
+    (scans / "broken.nii.gz").unlink()
+    second = segment(scans, "-o", out, "--models", models_dir)
+    assert second.exit_code == 0, second.output
+    assert "0 segmented, 2 skipped, 0 failed of 2 scans" in second.output
+
+
+def test_batch_from_list_file(tmp_path, models_dir):
+    sitk.WriteImage(liver_phantom(), str(tmp_path / "one.nrrd"))
+    listing = tmp_path / "scans.txt"
+    listing.write_text("# scans to run\none.nrrd\n\n")
+    result = segment(listing, "-o", tmp_path / "out", "--models", models_dir)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "one_mask.nii.gz").is_file()
+
+
+def test_batch_rejects_liver_mask(tmp_path, scan, models_dir):
+    result = segment(scan.parent, "-o", tmp_path / "out", "--models", models_dir, "--liver-mask", scan)
+    assert result.exit_code == 2
+    assert "a batch takes an output folder" in result.output

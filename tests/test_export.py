@@ -1,0 +1,224 @@
+"""Tests of export/: ONNX parity with torch, embedded metadata, cards, loss and patch sampling.
+
+The networks are untrained and exported at a small patch shape, so the whole module runs in
+seconds; the architecture is the same as at the shipped patch shape.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from export.contract import INTENDED_USE, licences_for, liver_metadata, tumour_metadata  # noqa: E402
+from export.data import Augmentation, PatchMix, PatchSampler, PreparedCase, measure_response_scale  # noqa: E402
+from export.networks import LiverNet, MHPNet, count_parameters  # noqa: E402
+from export.onnx_export import export_onnx, write_card  # noqa: E402
+from export.train import dice_bce_loss, learning_rate_at  # noqa: E402
+from mhp_edge.metadata import METADATA_KEY, card_path_for, parse_metadata, sha256_of_file  # noqa: E402
+from mhp_edge.model import load_model  # noqa: E402
+
+# Smallest shape both networks accept: LiverNet halves every axis three times.
+SMALL_PATCH_VOX = (16, 32, 32)
+
+# float32 convolutions in torch and onnxruntime sum in different orders; logits of an
+# untrained network are of order 1, so 1e-4 is far above rounding and far below any real bug.
+LOGIT_TOLERANCE = 1e-4
+
+
+def small_metadata(task: str):
+    provenance = {"training_cases": ["ircadb_01"], "seed": 0}
+    if task == "liver":
+        metadata = liver_metadata(provenance)
+    else:
+        metadata = tumour_metadata(provenance, response_scale=3.3)
+    return replace(metadata, patch_shape_vox=SMALL_PATCH_VOX)
+
+
+@pytest.fixture(scope="module", params=["liver", "tumour"])
+def exported(request, tmp_path_factory):
+    """An untrained network of each task, exported to ONNX with its card."""
+    task = request.param
+    torch.manual_seed(0)
+    network = LiverNet() if task == "liver" else MHPNet()
+    metadata = small_metadata(task)
+    model_path = tmp_path_factory.mktemp(task) / f"{task}.onnx"
+
+    export_onnx(network, metadata, model_path)
+    card_path = write_card(
+        model_path,
+        metadata,
+        architecture=type(network).__name__,
+        parameters=count_parameters(network),
+        training_cases=["ircadb_01"],
+        licences=licences_for(["ircadb_01"]),
+        intended_use=INTENDED_USE,
+    )
+    return network, metadata, model_path, card_path
+
+
+def test_onnx_logits_match_torch(exported):
+    network, metadata, model_path, _ = exported
+    generator = np.random.default_rng(1)
+    # Batch 3 differs from the export example batch 2, so this also checks the dynamic batch axis.
+    inputs = [
+        generator.normal(size=(3, 1, *SMALL_PATCH_VOX)).astype(np.float32)
+        for _ in metadata.input_names
+    ]
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    (onnx_logits,) = session.run(None, dict(zip(metadata.input_names, inputs, strict=True)))
+    with torch.no_grad():
+        torch_logits = network.eval()(*(torch.from_numpy(array) for array in inputs)).numpy()
+
+    assert onnx_logits.shape == (3, 1, *SMALL_PATCH_VOX)
+    assert onnx_logits.dtype == np.float32
+    np.testing.assert_allclose(onnx_logits, torch_logits, atol=LOGIT_TOLERANCE, rtol=0)
+
+
+def test_onnx_interface_matches_metadata(exported):
+    _, metadata, model_path, _ = exported
+    model = onnx.load(str(model_path))
+
+    assert [graph_input.name for graph_input in model.graph.input] == list(metadata.input_names)
+    assert [graph_output.name for graph_output in model.graph.output] == [metadata.output_name]
+    assert max(entry.version for entry in model.opset_import if entry.domain == "") >= 17
+    for graph_input in model.graph.input:
+        dims = graph_input.type.tensor_type.shape.dim
+        assert dims[0].dim_param, "batch axis must be dynamic"
+        assert [dim.dim_value for dim in dims[1:]] == [1, *SMALL_PATCH_VOX]
+
+
+def test_embedded_metadata_parses(exported):
+    _, metadata, model_path, _ = exported
+    properties = {entry.key: entry.value for entry in onnx.load(str(model_path)).metadata_props}
+
+    parsed = parse_metadata(properties[METADATA_KEY], source=str(model_path))
+
+    assert parsed == metadata
+
+
+def test_card_matches_model(exported):
+    network, metadata, model_path, card_path = exported
+    card = json.loads(card_path.read_text())
+
+    assert card_path == card_path_for(model_path)
+    assert card["sha256"] == sha256_of_file(model_path)
+    assert card["model_file"] == model_path.name
+    assert card["task"] == metadata.task
+    assert card["parameters"] == count_parameters(network)
+    assert card["intended_use"] == "Research use only, not for clinical use."
+    assert card["licences"] == {"ircadb": licences_for(["ircadb_01"])["ircadb"]}
+    assert card["accuracy"] == {}
+    assert card["metadata"] == json.loads(metadata.to_json())
+
+
+def test_runtime_loads_exported_model(exported):
+    _, metadata, model_path, _ = exported
+
+    loaded = load_model(model_path, threads=1)
+    logits = loaded.predict(
+        [np.zeros((1, 1, *SMALL_PATCH_VOX), dtype=np.float32) for _ in metadata.input_names]
+    )
+
+    assert loaded.metadata == metadata
+    assert logits.shape == (1, 1, *SMALL_PATCH_VOX)
+    assert np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("network_class", [LiverNet, MHPNet])
+def test_network_size_budget(network_class):
+    assert count_parameters(network_class()) < 1_000_000
+
+
+def test_licences_reject_unknown_source():
+    with pytest.raises(ValueError, match="unknown source 'lits'"):
+        licences_for(["lits_001"])
+
+
+def test_dice_bce_loss_orders_predictions():
+    target = torch.zeros(1, 1, 4, 4, 4)
+    target[..., 1:3, 1:3, 1:3] = 1
+    good = torch.where(target > 0, 10.0, -10.0)
+    bad = -good
+
+    good_loss = float(dice_bce_loss(good, target))
+    bad_loss = float(dice_bce_loss(bad, target))
+    empty_loss = float(dice_bce_loss(torch.full_like(target, -10.0), torch.zeros_like(target)))
+
+    assert good_loss < 0.01
+    assert bad_loss > 5
+    assert empty_loss < 0.01
+
+
+def test_learning_rate_schedule_bounds():
+    assert learning_rate_at(0.0, 1.0) == pytest.approx(0.1)
+    assert learning_rate_at(0.05, 1.0) == pytest.approx(1.0)
+    assert learning_rate_at(1.0, 1.0) == pytest.approx(0.02)
+    assert learning_rate_at(2.0, 1.0) == pytest.approx(0.02)
+
+
+def synthetic_case(shape=(20, 40, 40)) -> PreparedCase:
+    """A liver block with one 4-voxel tumour cube, HU 100 liver, 40 tumour, -1000 outside."""
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    label = np.zeros(shape, dtype=np.uint8)
+    hu[4:16, 8:32, 8:32] = 100.0
+    label[4:16, 8:32, 8:32] = 1
+    hu[8:12, 18:22, 18:22] = 40.0
+    label[8:12, 18:22, 18:22] = 2
+    response = np.where(label == 2, np.float32(6.6), np.float32(0.0))
+    return PreparedCase("synthetic_01", hu, label, response, (2.5, 1.25, 1.25))
+
+
+def test_response_scale_is_liver_percentile():
+    case = synthetic_case()
+
+    scale = measure_response_scale([case], percentile=100.0)
+
+    assert scale == pytest.approx(6.6)
+
+
+def test_sampler_lesion_patches_hold_tumour():
+    metadata = replace(tumour_metadata({}, response_scale=3.3), patch_shape_vox=SMALL_PATCH_VOX)
+    sampler = PatchSampler(
+        [synthetic_case()],
+        metadata,
+        mix=PatchMix(lesion=1.0, liver=0.0),
+        augmentation=Augmentation(flip_axes=(0, 1, 2), hu_scale=(0.9, 1.1), hu_shift=(-20, 20)),
+        rng=np.random.default_rng(0),
+    )
+
+    (ct, hessian), target = sampler.sample(4)
+
+    assert ct.shape == (4, 1, *SMALL_PATCH_VOX)
+    assert hessian.shape == (4, 1, *SMALL_PATCH_VOX)
+    assert ct.dtype == hessian.dtype == target.dtype == np.float32
+    assert (target.reshape(4, -1).sum(axis=1) > 0).all()
+    # Tumour voxels carry the scaled response 6.6 / 3.3 = 2, times the HU scale factor.
+    assert 1.8 <= hessian.max() <= 2.2
+    assert set(np.unique(target)) <= {0.0, 1.0}
+
+
+def test_sampler_pads_small_volumes():
+    metadata = liver_metadata({})
+    case = synthetic_case(shape=(20, 40, 40))
+    sampler = PatchSampler(
+        [case],
+        metadata,
+        mix=PatchMix(lesion=0.0, liver=0.5),
+        augmentation=Augmentation(),
+        rng=np.random.default_rng(0),
+    )
+
+    (ct,), target = sampler.sample(2)
+
+    assert ct.shape == (2, 1, *metadata.patch_shape_vox)
+    # The padding is air: -1024 HU clipped to -250 and divided by 150.
+    assert ct.min() == pytest.approx(-250.0 / 150.0)
+    assert target.sum() == 2 * 12 * 24 * 24
