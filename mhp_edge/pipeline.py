@@ -20,6 +20,12 @@ from scipy import ndimage
 
 from mhp_edge.errors import ConfigurationError, InputImageError
 from mhp_edge.model import LoadedModel, available_cpu_count, load_model
+from mhp_edge.plausibility import (
+    anatomy_warnings,
+    intensity_warnings,
+    liver_volume_warnings,
+    spacing_warnings,
+)
 from mhp_edge.preprocess import (
     bounding_box_with_margin,
     clean_scan,
@@ -165,55 +171,53 @@ class Segmenter:
 
         with timer.stage("prepare"):
             _check_scan(image)
-            cleaned = clean_scan(image)
-            scan = cleaned.image
-            if cleaned.non_finite_vox:
-                warnings.append(f"{cleaned.non_finite_vox} non-finite voxels were replaced with air.")
-            warnings.extend(_spacing_warnings(scan))
+            scan = _prepare_scan(image, warnings)
 
-        if liver_mask is not None:
-            with timer.stage("liver"):
-                liver = _oriented_liver_mask(liver_mask, image)
-            liver_source = "mask"
-        else:
-            with timer.stage("liver"):
-                liver = self._find_liver(scan, progress)
-            liver_source = "model"
+        with timer.stage("liver"):
+            if liver_mask is not None:
+                liver, liver_source = _oriented_liver_mask(liver_mask, image), "mask"
+            else:
+                liver, liver_source = self._find_liver(scan, progress), "model"
 
         voxel_ml = float(np.prod(scan.GetSpacing())) / 1000.0
         liver_ml = float(liver.sum()) * voxel_ml
+        with timer.stage("prepare"):
+            hu = sitk.GetArrayViewFromImage(scan)
+            warnings.extend(anatomy_warnings(hu, liver, image_spacing_zyx_mm(scan)))
+            warnings.extend(liver_volume_warnings(liver_ml, touches_edge=_touches_edge(liver)))
+
         tumour = np.zeros(liver.shape, dtype=bool)
-        if liver_ml < MIN_LIVER_ML:
+        if liver_ml >= MIN_LIVER_ML:
+            tumour = self._find_tumours(scan, liver, timer, progress) & liver
+        else:
             warnings.append(
                 f"Liver volume {liver_ml:.0f} mL is below {MIN_LIVER_ML:.0f} mL: no liver found, "
                 "so no tumour was searched for. Check that the scan covers the upper abdomen."
             )
-            logger.warning(warnings[-1])
-        else:
-            tumour = self._find_tumours(scan, liver, timer, progress)
 
         with timer.stage("postprocess"):
             labels = np.zeros(liver.shape, dtype=np.uint8)
             labels[liver] = LIVER_LABEL
-            labels[tumour & liver] = TUMOUR_LABEL
+            labels[tumour] = TUMOUR_LABEL
             mask = _to_input_grid(labels, scan, image)
             lesions = measure_lesions(mask, image)
+        warnings.extend(
+            f"Lesion {lesion.lesion_id} touches the edge of the scan; its size is a lower bound."
+            for lesion in lesions
+            if lesion.touches_scan_edge
+        )
+        for warning in warnings:
+            logger.warning(warning)
 
-        result = SegmentationResult(
+        return SegmentationResult(
             mask=mask,
             lesions=lesions,
             liver_volume_ml=round(liver_ml, 1),
-            tumour_volume_ml=round(float((tumour & liver).sum()) * voxel_ml, 2),
+            tumour_volume_ml=round(float(tumour.sum()) * voxel_ml, 2),
             liver_source=liver_source,
             timings_s=timer.timings_s,
             warnings=warnings,
         )
-        for lesion in lesions:
-            if lesion.touches_scan_edge:
-                result.warnings.append(
-                    f"Lesion {lesion.lesion_id} touches the edge of the scan; its volume is a lower bound."
-                )
-        return result
 
     def segment_array(
         self,
@@ -367,24 +371,20 @@ def _check_scan(image: sitk.Image) -> None:
         )
 
 
-def _spacing_warnings(scan: sitk.Image) -> list[str]:
-    # Ranges of clinical abdominal CT; outside them the header is probably wrong (e.g. a fake
-    # 1 x 1 x 1 mm spacing) and every size in the report is suspect.
-    z_mm, y_mm, x_mm = image_spacing_zyx_mm(scan)
-    warnings = []
-    if not (0.3 <= y_mm <= 1.5 and 0.3 <= x_mm <= 1.5):
+def _prepare_scan(image: sitk.Image, warnings: list[str]) -> sitk.Image:
+    """Clean the scan (see ``clean_scan``) and add plausibility warnings to ``warnings``."""
+    cleaned = clean_scan(image)
+    if cleaned.non_finite_vox:
         warnings.append(
-            f"In-plane spacing {y_mm:.2f} x {x_mm:.2f} mm is outside 0.3-1.5 mm, unusual for "
-            "abdominal CT; check the header, sizes and volumes may be wrong."
+            f"{cleaned.non_finite_vox} non-finite voxels (NaN or infinite) were replaced with air."
         )
-    if not 0.5 <= z_mm <= 7.0:
-        warnings.append(
-            f"Slice spacing {z_mm:.2f} mm is outside 0.5-7 mm, unusual for abdominal CT; "
-            "check the header, sizes and volumes may be wrong."
-        )
-    for warning in warnings:
-        logger.warning(warning)
-    return warnings
+    warnings.extend(spacing_warnings(cleaned.image))
+    warnings.extend(intensity_warnings(sitk.GetArrayViewFromImage(cleaned.image)))
+    return cleaned.image
+
+
+def _touches_edge(mask: np.ndarray) -> bool:
+    return any(np.take(mask, index, axis=axis).any() for axis in range(mask.ndim) for index in (0, -1))
 
 
 def _oriented_liver_mask(liver_mask: sitk.Image, image: sitk.Image) -> np.ndarray:

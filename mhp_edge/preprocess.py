@@ -76,8 +76,6 @@ def clean_scan(image: sitk.Image) -> CleanedScan:
 
     cleaned = sitk.GetImageFromArray(hu)
     cleaned.CopyInformation(oriented)
-    if non_finite_vox:
-        logger.warning("Replaced %d non-finite voxels with %.0f HU", non_finite_vox, AIR_HU)
     if padding_vox:
         logger.info("Set %d padding voxels below %.0f HU to air", padding_vox, AIR_HU)
     return CleanedScan(cleaned, non_finite_vox, padding_vox)

@@ -1,0 +1,127 @@
+"""Checks that a scan looks like abdominal CT in HU and that its anatomy agrees with its header.
+
+None of these checks stops a run: each returns warnings for the log and the report. A header
+that contradicts the pixels (a flipped axis, a fake spacing, values that are not HU) makes the
+result wrong in ways no later stage can see, so it must never pass silently.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import SimpleITK as sitk
+
+from mhp_edge.preprocess import image_spacing_zyx_mm
+
+logger = logging.getLogger(__name__)
+
+# Ranges of clinical abdominal CT.
+IN_PLANE_SPACING_MM = (0.3, 1.5)
+SLICE_SPACING_MM = (0.5, 7.0)
+LIVER_VOLUME_ML = (600.0, 4000.0)
+
+# Voxels this far below water are air; every CT of the abdomen has some around the body.
+_AIR_BELOW_HU = -500.0
+_BONE_ABOVE_HU = 250.0
+_BODY_ABOVE_HU = -300.0
+
+
+def spacing_warnings(scan: sitk.Image) -> list[str]:
+    """Return warnings for voxel spacings outside the ranges of abdominal CT."""
+    z_mm, y_mm, x_mm = image_spacing_zyx_mm(scan)
+    warnings = []
+    low, high = IN_PLANE_SPACING_MM
+    if not (low <= y_mm <= high and low <= x_mm <= high):
+        warnings.append(
+            f"Spacing suspicious: in-plane spacing {y_mm:.2f} x {x_mm:.2f} mm is outside "
+            f"{low}-{high} mm, unusual for abdominal CT. Check the header; sizes and volumes in "
+            "this report may be wrong."
+        )
+    low, high = SLICE_SPACING_MM
+    if not low <= z_mm <= high:
+        warnings.append(
+            f"Spacing suspicious: slice spacing {z_mm:.2f} mm is outside {low}-{high} mm, unusual "
+            "for abdominal CT. Check the header; sizes and volumes in this report may be wrong."
+        )
+    return warnings
+
+
+def intensity_warnings(hu: np.ndarray) -> list[str]:
+    """Return warnings when the values do not look like CT in Hounsfield units.
+
+    Parameters
+    ----------
+    hu : ndarray of shape (Z, Y, X), float32
+        The scan after clean-up (non-finite values already replaced).
+    """
+    sample = hu[:, ::4, ::4]
+    if sample.size == 0:
+        return []
+    low, high = np.percentile(sample, [1, 99])
+    if high - low < 1.0:
+        return [f"The image is nearly constant ({low:.0f} to {high:.0f}); there is nothing to segment."]
+    if low > _AIR_BELOW_HU:
+        return [
+            f"Intensities do not look like CT in HU: the 1st percentile is {low:.0f}, but air "
+            "around the body should be near -1000 HU. The image may be MR, or CT stored without "
+            "its rescale slope and intercept; results are not meaningful."
+        ]
+    return []
+
+
+def anatomy_warnings(hu: np.ndarray, liver: np.ndarray, spacing_zyx_mm: tuple[float, ...]) -> list[str]:
+    """Return warnings when the anatomy contradicts the header's orientation.
+
+    In LPS orientation the spine lies posterior to the body's centre and the liver on the
+    patient's right (lower x). A flipped pixel array with an unchanged header breaks one of these.
+
+    Parameters
+    ----------
+    hu : ndarray of shape (Z, Y, X), float32
+        The scan in LPS orientation.
+    liver : ndarray of shape (Z, Y, X), bool
+        The liver found on that grid (may be empty).
+    spacing_zyx_mm : tuple of 3 floats
+    """
+    warnings = []
+    step = 4
+    sample = hu[:, ::step, ::step]
+    body = sample > _BODY_ABOVE_HU
+    if body.sum() < 100:
+        return warnings
+
+    _, body_y, body_x = (c.mean() for c in np.nonzero(body))
+    spine_band_vox = 30.0 / (spacing_zyx_mm[2] * step)
+    bone = (sample > _BONE_ABOVE_HU) & body
+    columns = np.arange(sample.shape[2])[np.newaxis, np.newaxis, :]
+    bone &= np.abs(columns - body_x) < spine_band_vox
+    if bone.sum() >= 20:
+        bone_y = np.nonzero(bone)[1].mean()
+        if bone_y < body_y:
+            warnings.append(
+                "Anatomy contradicts the header: the spine lies anterior to the body's centre. "
+                "The image may be flipped front to back, or the patient was not supine; check "
+                "the orientation before using the result."
+            )
+
+    liver_columns = np.nonzero(liver[:, ::step, ::step])[2]
+    if liver_columns.size:
+        if liver_columns.mean() > body_x:
+            warnings.append(
+                "Anatomy contradicts the header: the liver lies on the patient's left. The image "
+                "may be flipped left to right; check the orientation before using the result."
+            )
+    return warnings
+
+
+def liver_volume_warnings(liver_ml: float, *, touches_edge: bool) -> list[str]:
+    """Return warnings for a liver volume outside the adult range."""
+    low, high = LIVER_VOLUME_ML
+    if liver_ml <= 0 or low <= liver_ml <= high:
+        return []
+    reason = " It reaches the edge of the scan, so part of it may be outside." if touches_edge else ""
+    return [
+        f"Liver volume {liver_ml:.0f} mL is outside the usual adult range {low:.0f}-{high:.0f} mL."
+        f"{reason} Check the liver outline and the voxel spacing."
+    ]
