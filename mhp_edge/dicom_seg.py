@@ -264,7 +264,9 @@ def _match_source_slices(
                 "computed from, and the mask on that series' grid."
             )
         if z_index in by_slice:
-            logger.info("Source image %s repeats the position of %s; kept the first", source, by_slice[z_index].path)
+            logger.info(
+                "Source image %s repeats the position of %s; kept the first", source, by_slice[z_index].path
+            )
             continue
         by_slice[z_index] = _SourceSlice(z_index=z_index, path=source, dataset=dataset)
 
@@ -516,7 +518,9 @@ def _paste_frame(
 ) -> None:
     """Set the voxels of ``mask_zyx`` that frame ``frame_index`` marks, placed by its position."""
     position = _frame_attribute(dataset, frame_index, "PlanePositionSequence", "ImagePositionPatient")
-    orientation = _frame_attribute(dataset, frame_index, "PlaneOrientationSequence", "ImageOrientationPatient")
+    orientation = _frame_attribute(
+        dataset, frame_index, "PlaneOrientationSequence", "ImageOrientationPatient"
+    )
     spacing = _frame_attribute(dataset, frame_index, "PixelMeasuresSequence", "PixelSpacing")
     frame_number = frame_index + 1
     if position is None or orientation is None or spacing is None:
@@ -531,9 +535,7 @@ def _paste_frame(
     same_orientation = np.allclose(
         [float(v) for v in orientation], direction[:, :2].T.ravel(), atol=ORIENTATION_TOLERANCE
     )
-    same_spacing = np.allclose(
-        [column_spacing_mm, row_spacing_mm], reference_spacing_mm[:2], rtol=1e-3
-    )
+    same_spacing = np.allclose([column_spacing_mm, row_spacing_mm], reference_spacing_mm[:2], rtol=1e-3)
     position_mm = tuple(float(v) for v in position)
     index_xyz = np.array(reference.TransformPhysicalPointToContinuousIndex(position_mm))
     start_xyz = np.round(index_xyz).astype(int)

@@ -20,7 +20,7 @@ def liver_phantom(
     z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(shape_zyx, spacing, strict=True)), indexing="ij")
     extent = (np.array(shape_zyx) - 1) * spacing
     centre = extent * np.array([0.5, 0.45, 0.4])
-    radii = extent * np.array([0.35, 0.3, 0.3])
+    radii = np.maximum(extent * np.array([0.35, 0.3, 0.3]), spacing)
     inside = sum(((c - m) / r) ** 2 for c, m, r in zip((z, y, x), centre, radii, strict=True)) <= 1
     lesion_centre = centre + np.array([0.0, 0.3, 0.4]) * radii
     lesion = sum((c - m) ** 2 for c, m in zip((z, y, x), lesion_centre, strict=True)) <= lesion_radius_mm**2

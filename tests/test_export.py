@@ -68,8 +68,7 @@ def test_onnx_logits_match_torch(exported):
     generator = np.random.default_rng(1)
     # Batch 3 differs from the export example batch 2, so this also checks the dynamic batch axis.
     inputs = [
-        generator.normal(size=(3, 1, *SMALL_PATCH_VOX)).astype(np.float32)
-        for _ in metadata.input_names
+        generator.normal(size=(3, 1, *SMALL_PATCH_VOX)).astype(np.float32) for _ in metadata.input_names
     ]
 
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])

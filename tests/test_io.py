@@ -128,3 +128,10 @@ def test_write_into_file_parent_fails(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OutputError, match="writing failed"):
         write_image_atomic(liver_phantom(), blocker / "mask.nii.gz")
+
+
+def test_4d_image_rejected(tmp_path):
+    path = tmp_path / "series.nii.gz"
+    sitk.WriteImage(sitk.Image([8, 8, 8, 2], sitk.sitkInt16), str(path))
+    with pytest.raises(InputImageError, match="4D"):
+        read_image(path)

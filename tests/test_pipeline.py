@@ -1,5 +1,8 @@
 """The pipeline on phantoms with small linear models: geometry, orientation and bad values."""
 
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -111,3 +114,49 @@ def test_pixel_types_give_same_mask(segmenter, pixel_type):
     reference = sitk.GetArrayFromImage(segmenter.segment(phantom).mask)
     converted = sitk.Cast(phantom, pixel_type)
     assert np.array_equal(sitk.GetArrayFromImage(segmenter.segment(converted).mask), reference)
+
+
+@pytest.mark.parametrize("shape_zyx", [(1, 40, 48), (3, 40, 48), (2, 3, 4)])
+def test_few_slices_and_tiny_images_run(segmenter, shape_zyx):
+    phantom = liver_phantom(shape_zyx=shape_zyx)
+    result = segmenter.segment(phantom)
+    assert result.mask.GetSize() == phantom.GetSize()
+    assert np.isfinite(result.liver_volume_ml)
+
+
+def test_no_network_access(monkeypatch, tmp_path):
+    def refuse(*args, **kwargs):
+        raise AssertionError("mhp-edge attempted a network access")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    write_linear_model(tmp_path, LIVER_MODEL_FILE, make_metadata("liver"))
+    write_linear_model(tmp_path, TUMOUR_MODEL_FILE, make_metadata("tumour", hu_mean=200.0))
+    result = Segmenter(tmp_path, threads=1).segment(liver_phantom())
+    assert result.liver_volume_ml > 0
+
+
+def test_numpy_api_matches_image_api(segmenter):
+    phantom = liver_phantom()
+    from_image = segmenter.segment(phantom)
+    z_mm, y_mm, x_mm = reversed(phantom.GetSpacing())
+    from_array = segmenter.segment_array(
+        sitk.GetArrayFromImage(phantom), (z_mm, y_mm, x_mm), origin_lps_mm=phantom.GetOrigin()
+    )
+    assert np.array_equal(from_array.mask_array, from_image.mask_array)
+    assert from_array.lesions == from_image.lesions
+
+
+def test_numpy_api_rejects_2d(segmenter):
+    with pytest.raises(InputImageError, match="must be 3D"):
+        segmenter.segment_array(np.zeros((8, 8), np.float32), (1.0, 1.0, 1.0))
+
+
+def test_threads_share_one_segmenter(segmenter):
+    phantom = liver_phantom()
+    expected = segmenter.segment(phantom).mask_array
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        masks = list(pool.map(lambda _: segmenter.segment(phantom).mask_array, range(6)))
+    assert all(np.array_equal(mask, expected) for mask in masks)
