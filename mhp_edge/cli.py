@@ -105,7 +105,9 @@ def scan_stem(scan: Path) -> str:
     return scan.name[: -len(suffix)] if suffix else scan.name
 
 
-def _outputs_for(scan: Path, output: Path, *, preview: bool, mask_file: bool) -> _Outputs:
+def _outputs_for(
+    scan: Path, output: Path, *, preview: bool, mask_file: bool, dicom_seg: bool = False
+) -> _Outputs:
     from mhp_edge.io import image_suffix
 
     if mask_file:
@@ -113,7 +115,8 @@ def _outputs_for(scan: Path, output: Path, *, preview: bool, mask_file: bool) ->
         mask, folder = output, output.parent
     else:
         stem = scan_stem(scan)
-        mask, folder = output / f"{stem}_mask.nii.gz", output
+        mask_name = f"{stem}_seg.dcm" if dicom_seg else f"{stem}_mask.nii.gz"
+        mask, folder = output / mask_name, output
     return _Outputs(
         mask=mask,
         report=folder / f"{stem}_report.json",
@@ -186,13 +189,29 @@ def segment(
         bool,
         typer.Option("--overwrite", help="Replace existing outputs (a batch otherwise skips done scans)."),
     ] = False,
+    output_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Mask format: 'nifti' (<name>_mask.nii.gz) or 'dicom-seg' (<name>_seg.dcm, a DICOM "
+            "Segmentation referencing the source series; needs a DICOM folder as input).",
+        ),
+    ] = "nifti",
 ) -> None:
     """Segment liver (label 1) and liver tumours (label 2) in one CT scan or a batch of scans."""
     from mhp_edge.io import image_suffix
     from mhp_edge.pipeline import Segmenter
 
     try:
+        if output_format not in ("nifti", "dicom-seg"):
+            raise ConfigurationError(f"--format is {output_format!r}; use 'nifti' or 'dicom-seg'.")
+        dicom_seg = output_format == "dicom-seg"
         batch = collect_scans(scan)
+        if dicom_seg and (batch is not None or not scan.is_dir() or image_suffix(output)):
+            raise ConfigurationError(
+                "--format dicom-seg needs one DICOM folder as input and an output folder, because "
+                "the Segmentation references the source images."
+            )
         if batch is not None and (liver_mask is not None or image_suffix(output)):
             raise ConfigurationError(
                 "a batch takes an output folder and no --liver-mask; segment scans one by one to "
@@ -205,7 +224,9 @@ def segment(
         raise _fail(err) from err
 
     if batch is None:
-        outputs = _outputs_for(scan, output, preview=preview, mask_file=bool(image_suffix(output)))
+        outputs = _outputs_for(
+            scan, output, preview=preview, mask_file=bool(image_suffix(output)), dicom_seg=dicom_seg
+        )
         try:
             report = _segment_one(
                 segmenter, scan, outputs, liver_mask=liver_mask, series=series, overwrite=overwrite
@@ -232,15 +253,22 @@ def _segment_one(
     overwrite: bool,
 ) -> dict:
     """Segment one scan and write its outputs together; return the report."""
+    from mhp_edge.dicom import choose_stack, find_stacks, stack_to_image
     from mhp_edge.io import read_image, staged_outputs
     from mhp_edge.report import build_report, lesions_csv
 
     for path in outputs.all():
         if path.resolve() == scan.resolve():
             raise OutputError(f"{path}: is the input scan; choose another output name.")
+    dicom_seg = outputs.mask.suffix == ".dcm"
     with staged_outputs(outputs.all(), overwrite=overwrite) as temporaries:
         started = time.perf_counter()
-        image = read_image(scan, series_uid=series)
+        source_files = None
+        if dicom_seg:
+            stack = choose_stack(find_stacks(scan), folder=scan, series_uid=series)
+            image, source_files = stack_to_image(stack, folder=scan), stack.files
+        else:
+            image = read_image(scan, series_uid=series)
         reference = read_image(liver_mask) if liver_mask is not None else None
         read_s = time.perf_counter() - started
 
@@ -250,7 +278,15 @@ def _segment_one(
         report = build_report(
             result, models=segmenter.model_ids(), scan_name=str(scan), mask_name=str(outputs.mask)
         )
-        _write_mask(result.mask, temporaries[0])
+        if source_files is not None:
+            from mhp_edge.dicom_seg import write_dicom_seg
+
+            version = f"{__version__} ({', '.join(segmenter.model_ids())})"
+            write_dicom_seg(
+                result.mask, source_files, temporaries[0], algorithm_version=version, overwrite=True
+            )
+        else:
+            _write_mask(result.mask, temporaries[0])
         temporaries[2].write_text(lesions_csv(result.lesions))
         if outputs.preview is not None:
             from mhp_edge.preview import write_preview

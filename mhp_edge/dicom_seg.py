@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
 
 from mhp_edge.errors import InputImageError, OutputError
+from mhp_edge.io import write_atomically
 from mhp_edge.report import LIVER_LABEL, TUMOUR_LABEL
 
 logger = logging.getLogger(__name__)
@@ -48,8 +47,8 @@ LIVER_CODE = codes.SCT.Liver
 TUMOUR_CATEGORY_CODE = codes.cid7150.MorphologicallyAbnormalStructure
 TUMOUR_TYPE_CODE = codes.cid7151.Neoplasm
 # NOTE: CID 7150 "Segmentation Property Categories" lists "Anatomical Structure" as SCT 91723000
-# (pydicom 3.0 code tables). Older writers such as dcmqi use SCT 123037004, which SNOMED CT
-# defines as "Body structure". The reader accepts either, because it identifies the liver by type.
+# (pydicom 3.0 code tables). Some SEG writers still use SCT 123037004, which SNOMED CT names
+# "Body structure". The reader accepts either, because it identifies the liver by its type code.
 LIVER_CATEGORY_CODE = codes.cid7150.AnatomicalStructure
 
 # Type 2 attributes of the Patient and General Study modules: required but allowed to be empty.
@@ -115,12 +114,12 @@ def write_dicom_seg(
     ------
     OutputError
         If ``path`` exists (without ``overwrite``), the labels are not on the grid of the source
-        images, contain values other than 0, 1 and 2, or the file cannot be written.
+        images or contain values other than 0, 1 and 2, the source images belong to several
+        series or have no FrameOfReferenceUID, or the file cannot be written.
     InputImageError
-        If a source file cannot be read as DICOM.
+        If ``source_files`` is empty or a source file cannot be read as DICOM.
     """
     path = Path(path)
-    _check_destination(path, overwrite=overwrite)
     label_array_zyx = _label_array(labels, path)
 
     started = time.perf_counter()
@@ -135,7 +134,7 @@ def write_dicom_seg(
     segmentation = _build_segmentation(
         [s.dataset for s in slices], segments_zyxc, algorithm_version=algorithm_version, path=path
     )
-    _replace_atomically(path, segmentation.save_as)
+    write_atomically(path, segmentation.save_as, overwrite=overwrite)
     logger.info(
         "Wrote DICOM SEG %s: %d frames for %d source images in %.1f s",
         path,
@@ -148,8 +147,8 @@ def write_dicom_seg(
 def read_dicom_seg(path: Path, reference: sitk.Image) -> sitk.Image:
     """Read a DICOM Segmentation into a label image on the grid of a reference image.
 
-    Frames are placed by their plane position and orientation; referenced SOP instance UIDs are
-    ignored. A segment whose type is Liver (SCT 10200004) becomes label 1, and a segment whose
+    Frames are placed by their plane position and orientation, and referenced SOP instance UIDs
+    are ignored. A segment whose type is Liver (SCT 10200004) becomes label 1, and a segment whose
     category is Morphologically Abnormal Structure (SCT 49755003) becomes label 2, drawn over
     the liver. Other segments are passed over with a warning.
 
@@ -180,9 +179,11 @@ def read_dicom_seg(path: Path, reference: sitk.Image) -> sitk.Image:
     frames = _frame_masks(dataset, path)
 
     size_x, size_y, size_z = reference.GetSize()
-    masks_zyx = {label: np.zeros((size_z, size_y, size_x), dtype=bool) for label in (1, 2)}
+    masks_zyx = {
+        label: np.zeros((size_z, size_y, size_x), dtype=bool) for label in (LIVER_LABEL, TUMOUR_LABEL)
+    }
     for frame_index, frame in enumerate(frames):
-        segment_number = _frame_segment_number(dataset, frame_index)
+        segment_number = _frame_segment_number(dataset, frame_index, path)
         label = labels_by_segment.get(segment_number)
         if label is None or not frame.any():
             continue
@@ -194,13 +195,6 @@ def read_dicom_seg(path: Path, reference: sitk.Image) -> sitk.Image:
     image = sitk.GetImageFromArray(label_array_zyx)
     image.CopyInformation(reference)
     return image
-
-
-def _check_destination(path: Path, *, overwrite: bool) -> None:
-    if path.is_dir():
-        raise OutputError(f"{path}: is a folder, expected a file name for the DICOM SEG.")
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path}: already exists. Remove it or pass --overwrite.")
 
 
 def _label_array(labels: sitk.Image, path: Path) -> np.ndarray:
@@ -230,25 +224,27 @@ def _read_source_headers(source_files: Sequence[Path]) -> list[tuple[Path, pydic
             ) from err
         headers.append((Path(source), dataset))
     if not headers:
-        raise InputImageError("No source DICOM files given; a DICOM SEG must reference its CT series.")
+        raise InputImageError(
+            "No source DICOM files were given, but a DICOM SEG must reference its CT series."
+        )
     return headers
 
 
 def _match_source_slices(
     labels: sitk.Image, headers: list[tuple[Path, pydicom.Dataset]], path: Path
 ) -> list[_SourceSlice]:
-    """Match source images to label slices by position; return them ordered by slice index."""
+    """Match source images to label slices by position and return them ordered by slice index."""
     direction = np.array(labels.GetDirection()).reshape(3, 3)
     size_x, size_y, size_z = labels.GetSize()
     by_slice: dict[int, _SourceSlice] = {}
-    other_orientation = 0
+    passed_over = 0
     for source, dataset in headers:
         if not _has_image_plane(dataset):
-            other_orientation += 1
+            passed_over += 1
             continue
         orientation = np.array([float(v) for v in dataset.ImageOrientationPatient])
         if not np.allclose(orientation, direction[:, :2].T.ravel(), atol=ORIENTATION_TOLERANCE):
-            other_orientation += 1
+            passed_over += 1
             continue
 
         _check_source_matrix(dataset, source, labels, path)
@@ -265,13 +261,19 @@ def _match_source_slices(
             )
         if z_index in by_slice:
             logger.info(
-                "Source image %s repeats the position of %s; kept the first", source, by_slice[z_index].path
+                "Source image %s repeats the position of %s, so it was passed over",
+                source,
+                by_slice[z_index].path,
             )
             continue
         by_slice[z_index] = _SourceSlice(z_index=z_index, path=source, dataset=dataset)
 
-    if other_orientation:
-        logger.info("Passed over %d source files in another orientation (localizers?)", other_orientation)
+    if passed_over:
+        logger.info(
+            "Passed over %d source files that are not single-frame images in the orientation of the mask "
+            "(localizers?)",
+            passed_over,
+        )
     if not by_slice:
         raise OutputError(
             f"{path}: none of the {len(headers)} source files has the orientation of the mask. "
@@ -306,8 +308,8 @@ def _check_source_series(slices: list[_SourceSlice], path: Path) -> None:
     series_uids = sorted({str(s.dataset.SeriesInstanceUID) for s in slices})
     if len(series_uids) > 1:
         raise OutputError(
-            f"{path}: the source files belong to {len(series_uids)} series ({', '.join(series_uids)}); "
-            "a DICOM SEG references one. Pass the files of one series."
+            f"{path}: the source files belong to {len(series_uids)} series ({', '.join(series_uids)}), "
+            "but a DICOM SEG references one. Pass the files of one series."
         )
     first = slices[0]
     if "FrameOfReferenceUID" not in first.dataset:
@@ -350,7 +352,7 @@ def _build_segmentation(
             manufacturer="mhp-edge",
             manufacturer_model_name="mhp-edge",
             software_versions=algorithm_version,
-            # Software has no device serial number; the attribute is required.
+            # The attribute is required, but software has no device serial number.
             device_serial_number="none",
             series_description=SERIES_DESCRIPTION,
             content_description="Automatic liver and liver tumour segmentation, research use only",
@@ -372,7 +374,9 @@ def _with_type2_attributes(dataset: pydicom.Dataset) -> pydicom.Dataset:
     completed = copy.deepcopy(dataset)
     for name in missing:
         setattr(completed, name, "")
-    logger.debug("Source image %s lacks %s; written as empty", dataset.get("SOPInstanceUID"), missing)
+    logger.debug(
+        "Source image %s has no %s, so the SEG stores them empty", dataset.get("SOPInstanceUID"), missing
+    )
     return completed
 
 
@@ -404,25 +408,6 @@ def _segment_descriptions(algorithm_version: str) -> list[hd.seg.SegmentDescript
     return [liver, tumour]
 
 
-def _replace_atomically(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write`` on a temporary file in the destination folder, then move it to ``path``."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(handle)
-    except OSError as err:
-        raise OutputError(f"{path}: writing failed ({err}). Choose a writable output folder.") from err
-
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except OSError as err:
-        raise OutputError(f"{path}: writing failed ({err}). Choose a writable output folder.") from err
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
 def _read_segmentation_dataset(path: Path) -> pydicom.Dataset:
     if not path.is_file():
         raise InputImageError(f"{path}: file not found. Check the path to the DICOM SEG.")
@@ -438,8 +423,8 @@ def _read_segmentation_dataset(path: Path) -> pydicom.Dataset:
     segmentation_type = str(dataset.get("SegmentationType", ""))
     if segmentation_type not in ("BINARY", "FRACTIONAL"):
         raise InputImageError(
-            f"{path}: SegmentationType {segmentation_type or 'missing'} is not supported; "
-            "expected BINARY or FRACTIONAL."
+            f"{path}: SegmentationType {segmentation_type or 'missing'} is not supported. "
+            "Give a BINARY or FRACTIONAL Segmentation."
         )
     return dataset
 
@@ -467,7 +452,7 @@ def _labels_by_segment(dataset: pydicom.Dataset, path: Path) -> dict[int, int]:
     if not labels:
         raise InputImageError(
             f"{path}: has no liver segment (type SCT {LIVER_CODE.value}) and no tumour segment "
-            f"(category SCT {TUMOUR_CATEGORY_CODE.value}); nothing to read."
+            f"(category SCT {TUMOUR_CATEGORY_CODE.value}), so there is nothing to read."
         )
     return labels
 
@@ -492,18 +477,23 @@ def _frame_masks(dataset: pydicom.Dataset, path: Path) -> np.ndarray:
     return pixels > 0
 
 
-def _frame_segment_number(dataset: pydicom.Dataset, frame_index: int) -> int:
-    frame_groups = dataset.PerFrameFunctionalGroupsSequence[frame_index]
-    return int(frame_groups.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+def _frame_segment_number(dataset: pydicom.Dataset, frame_index: int, path: Path) -> int:
+    number = _frame_attribute(
+        dataset, frame_index, "SegmentIdentificationSequence", "ReferencedSegmentNumber"
+    )
+    if number is None:
+        raise InputImageError(f"{path}: frame {frame_index + 1} has no referenced segment number.")
+    return int(number)
 
 
 def _frame_attribute(dataset: pydicom.Dataset, frame_index: int, sequence: str, keyword: str):
     """Return an attribute from the per-frame functional groups, else from the shared ones."""
-    for groups in (
-        dataset.PerFrameFunctionalGroupsSequence[frame_index],
-        dataset.SharedFunctionalGroupsSequence[0],
-    ):
-        if sequence in groups and keyword in groups[sequence][0]:
+    per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
+    shared = dataset.get("SharedFunctionalGroupsSequence") or []
+    candidates = [per_frame[frame_index]] if frame_index < len(per_frame) else []
+    candidates += list(shared[:1])
+    for groups in candidates:
+        if sequence in groups and groups[sequence] and keyword in groups[sequence][0]:
             return groups[sequence][0][keyword].value
     return None
 

@@ -12,7 +12,7 @@ import logging
 import os
 import tempfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -122,28 +122,28 @@ def write_image_atomic(image: sitk.Image, path: Path, *, overwrite: bool = False
         the suffix is not an image format.
     """
     path = Path(path)
-    suffix = image_suffix(path)
-    if not suffix:
+    if not image_suffix(path):
         raise OutputError(f"{path}: unknown output format. Use a .nii.gz, .nrrd or .mha name.")
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path}: already exists. Remove it or pass --overwrite.")
-    if path.is_dir():
-        raise OutputError(f"{path}: is a folder, expected a file name.")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-        os.close(handle)
-    except OSError as err:
-        raise OutputError(f"{path}: writing failed ({err}). Choose a writable output folder.") from err
 
-    try:
-        sitk.WriteImage(image, temporary, useCompression=True)
-        os.replace(temporary, path)
-    except (RuntimeError, OSError) as err:
-        raise OutputError(f"{path}: writing failed ({_first_line(err)}).") from err
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    def write(temporary: Path) -> None:
+        try:
+            sitk.WriteImage(image, str(temporary), useCompression=True)
+        except RuntimeError as err:
+            raise OutputError(f"{path}: writing failed ({_first_line(err)}).") from err
+
+    write_atomically(path, write, overwrite=overwrite)
+
+
+def write_atomically(path: Path, write: Callable[[Path], None], *, overwrite: bool = False) -> None:
+    """Call ``write`` on a temporary file beside ``path``, then move the file into place.
+
+    Raises
+    ------
+    OutputError
+        If ``path`` exists (without ``overwrite``) or is a folder, or writing fails.
+    """
+    with staged_outputs([path], overwrite=overwrite) as (temporary,):
+        write(temporary)
 
 
 @contextmanager
@@ -186,11 +186,19 @@ def staged_outputs(paths: Sequence[Path], *, overwrite: bool = False) -> Iterato
     try:
         yield temporaries
         for temporary, destination in zip(temporaries, destinations, strict=True):
+            # mkstemp creates owner-only files; outputs get the usual permissions instead.
+            temporary.chmod(0o666 & ~_current_umask())
             os.replace(temporary, destination)
     except OSError as err:
         raise OutputError(f"writing {', '.join(map(str, destinations))} failed ({err}).") from err
     finally:
         _remove(temporaries)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _remove(paths: Sequence[Path]) -> None:

@@ -34,6 +34,7 @@ def write_slice(
     dataset.Modality = "CT"
     dataset.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
     dataset.SeriesInstanceUID = series_uid
+    dataset.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.2"
     dataset.SeriesNumber = series_number
     dataset.InstanceNumber = instance
     dataset.SeriesDescription = f"synthetic {series_number}"

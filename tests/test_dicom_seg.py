@@ -21,7 +21,7 @@ VERSION = "0.1.0-test"
 
 
 def add_frame_of_reference(folder, uid=FRAME_OF_REFERENCE_UID):
-    """Give every file a FrameOfReferenceUID, which CT images need and the factory leaves out."""
+    """Set a known FrameOfReferenceUID on every file, so tests can check the SEG copies it."""
     for path in folder.glob("*.dcm"):
         dataset = pydicom.dcmread(path)
         dataset.FrameOfReferenceUID = uid
@@ -29,7 +29,7 @@ def add_frame_of_reference(folder, uid=FRAME_OF_REFERENCE_UID):
 
 
 def ct_series(folder, **options):
-    """Write a synthetic CT series; return its files, the image read from it and the series UID."""
+    """Write a synthetic CT series and return its files, the image read from it and its series UID."""
     series_uid = write_series(folder, np.zeros(SHAPE, dtype=np.int16), **options)
     add_frame_of_reference(folder)
     stack = choose_stack(find_stacks(folder), folder=folder)
@@ -226,6 +226,10 @@ def test_missing_frame_of_reference_rejected(tmp_path):
     write_series(folder, np.zeros(SHAPE, dtype=np.int16))
     image = read_image(folder)
     files = sorted(folder.glob("*.dcm"))
+    for path in files:
+        dataset = pydicom.dcmread(path)
+        del dataset.FrameOfReferenceUID
+        dataset.save_as(path)
     output = tmp_path / "seg.dcm"
 
     with pytest.raises(OutputError, match="has no FrameOfReferenceUID"):
@@ -268,10 +272,14 @@ def test_read_rejects_other_grid(tmp_path):
 
 @pytest.fixture(scope="session")
 def radctt_2022_dir():
-    """The real radctt_2022 DICOM study with its manual SEGs; skipped without it, failed under CI."""
+    """The real radctt_2022 DICOM study with its manual SEGs. Skipped without it, failed under CI."""
     folder = data_dir() / "dicom" / "radctt_2022"
-    if not (folder / "11_AP_Ax5.00mm_ManualROI_Liver.dcm").is_file():
-        message = f"DICOM study not found in {folder}; set MHP_EDGE_DATA to the folder holding dicom/"
+    label = data_dir() / "cases" / "radctt_2022_label.nii.gz"
+    if not ((folder / "11_AP_Ax5.00mm_ManualROI_Liver.dcm").is_file() and label.is_file()):
+        message = (
+            f"DICOM study {folder} or label {label} not found. Set MHP_EDGE_DATA to the folder "
+            "holding dicom/ and cases/"
+        )
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
@@ -292,6 +300,6 @@ def test_real_liver_seg_matches_label(radctt_2022_dir):
         2 * np.count_nonzero(liver & truth_liver) / (np.count_nonzero(liver) + np.count_nonzero(truth_liver))
     )
 
-    # Both come from one manual contour on one grid; above 0.99 allows a few edge voxels of
-    # rasterisation difference between the tools that exported them.
+    # Both come from one manual contour on one grid. The margin below 1.0 allows a few edge voxels
+    # of rasterisation difference between the tools that exported them.
     assert dice > 0.99

@@ -119,14 +119,14 @@ def test_write_unwritable_folder(tmp_path):
     folder = tmp_path / "locked"
     folder.mkdir()
     folder.chmod(0o500)
-    with pytest.raises(OutputError, match="writing failed"):
+    with pytest.raises(OutputError, match="cannot be written"):
         write_image_atomic(liver_phantom(), folder / "mask.nii.gz")
 
 
 def test_write_into_file_parent_fails(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(OutputError, match="writing failed"):
+    with pytest.raises(OutputError, match="cannot be written"):
         write_image_atomic(liver_phantom(), blocker / "mask.nii.gz")
 
 
