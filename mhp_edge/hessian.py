@@ -11,7 +11,9 @@ for symmetric matrices, and Li's dot-enhancement measure (Li, Sone and Doi, Med.
   magnitudes ordered instead of the values;
 * mixed signs (tubes, sheets, edges): 0.
 
-Across scales the response with the largest magnitude wins, keeping its sign.
+Across scales the strongest dark-blob response and the strongest bright-blob response are kept
+and their difference is returned. A voxel that is a dark blob at one scale and a bright blob at
+another gets the balance of the two, so the output changes continuously with the input.
 """
 
 from __future__ import annotations
@@ -28,8 +30,20 @@ logger = logging.getLogger(__name__)
 # Hzz, Hyy, Hxx, Hzy, Hzx, Hyx.
 _HESSIAN_ORDERS = ((2, 0, 0), (0, 2, 0), (0, 0, 2), (1, 1, 0), (1, 0, 1), (0, 1, 1))
 
+# A scale is computed on a grid subsampled by an integer factor per axis, as long as at least this
+# many coarse voxels per standard deviation remain; the blur that prepares the subsampling is one
+# coarse voxel wide, so the coarse grid does not alias.
+_PYRAMID_MIN_SIGMA_VOX = 4.0
+_MIN_SIGMA_VOX = 0.3
 
-def hessian_entries(volume: np.ndarray, spacing_zyx_mm: Sequence[float], sigma_mm: float) -> list[np.ndarray]:
+
+def hessian_entries(
+    volume: np.ndarray,
+    spacing_zyx_mm: Sequence[float],
+    sigma_mm: float,
+    *,
+    presmoothed_zyx_mm: Sequence[float] = (0.0, 0.0, 0.0),
+) -> list[np.ndarray]:
     """Compute the six scale-normalised second derivatives of a Gaussian-smoothed volume.
 
     Parameters
@@ -40,6 +54,9 @@ def hessian_entries(volume: np.ndarray, spacing_zyx_mm: Sequence[float], sigma_m
         Voxel spacing in mm.
     sigma_mm : float
         Gaussian standard deviation in mm.
+    presmoothed_zyx_mm : sequence of 3 floats
+        Gaussian blur, in mm per axis, that the volume already carries (from building a coarser
+        level); only the rest up to ``sigma_mm`` is applied here.
 
     Returns
     -------
@@ -47,7 +64,8 @@ def hessian_entries(volume: np.ndarray, spacing_zyx_mm: Sequence[float], sigma_m
         ``sigma_mm**2`` times Hzz, Hyy, Hxx, Hzy, Hzx, Hyx, each in intensity per mm squared.
     """
     spacing = np.asarray(spacing_zyx_mm, dtype=np.float64)
-    sigma_vox = sigma_mm / spacing
+    remaining_mm = np.sqrt(np.maximum(sigma_mm**2 - np.asarray(presmoothed_zyx_mm) ** 2, 0.0))
+    sigma_vox = remaining_mm / spacing
 
     # Separable passes are shared: the z pass of order k feeds every entry that starts with k.
     after_z = {order: _smooth_along(volume, sigma_vox[0], axis=0, order=order) for order in (0, 1, 2)}
@@ -59,14 +77,7 @@ def hessian_entries(volume: np.ndarray, spacing_zyx_mm: Sequence[float], sigma_m
 
     entries = []
     for z_order, y_order, x_order in _HESSIAN_ORDERS:
-        entry = ndimage.gaussian_filter1d(
-            after_zy[z_order, y_order],
-            sigma_vox[2],
-            axis=2,
-            order=x_order,
-            mode="nearest",
-            output=np.float32,
-        )
+        entry = _smooth_along(after_zy[z_order, y_order], sigma_vox[2], axis=2, order=x_order)
         # Derivatives come per voxel step; divide by the steps to get per mm.
         per_mm2 = np.prod(spacing ** np.array((z_order, y_order, x_order)))
         entry *= np.float32(sigma_mm**2 / per_mm2)
@@ -110,6 +121,10 @@ def gaussian_derivative_kernel(sigma_vox: float, order: int) -> np.ndarray:
 
 
 def _smooth_along(volume: np.ndarray, sigma_vox: float, *, axis: int, order: int) -> np.ndarray:
+    if sigma_vox < _MIN_SIGMA_VOX:
+        # Too little blur left for a sampled Gaussian: plain finite differences on the samples.
+        weights = np.array([[0.0, 1.0, 0.0], [-0.5, 0.0, 0.5], [1.0, -2.0, 1.0]][order])
+        return ndimage.correlate1d(volume, weights, axis=axis, mode="nearest", output=np.float32)
     weights = gaussian_derivative_kernel(sigma_vox, order)
     return ndimage.correlate1d(volume, weights, axis=axis, mode="nearest", output=np.float32)
 
@@ -180,9 +195,13 @@ def blob_response(largest: np.ndarray, smallest: np.ndarray, middle: np.ndarray)
 
 
 def multiscale_blob_response(
-    volume: np.ndarray, spacing_zyx_mm: Sequence[float], scales_mm: Sequence[float]
+    volume: np.ndarray,
+    spacing_zyx_mm: Sequence[float],
+    scales_mm: Sequence[float],
+    *,
+    pyramid: bool = True,
 ) -> np.ndarray:
-    """Enhance blobs over several scales and keep the strongest response per voxel.
+    """Enhance blobs over several scales: strongest dark-blob minus strongest bright-blob response.
 
     Parameters
     ----------
@@ -192,6 +211,9 @@ def multiscale_blob_response(
         Voxel spacing in mm.
     scales_mm : sequence of floats
         Gaussian standard deviations in mm.
+    pyramid : bool
+        Compute large scales on subsampled grids and interpolate their response back (several
+        times faster; within a few per cent of the full-resolution result, see the tests).
 
     Returns
     -------
@@ -202,12 +224,66 @@ def multiscale_blob_response(
     if volume.ndim != 3:
         raise ValueError(f"volume must be 3D (z, y, x), got shape {volume.shape}")
     volume = np.asarray(volume, dtype=np.float32)
+    spacing = np.asarray(spacing_zyx_mm, dtype=np.float64)
 
-    best = np.zeros(volume.shape, dtype=np.float32)
+    dark = np.zeros(volume.shape, dtype=np.float32)
+    bright = np.zeros(volume.shape, dtype=np.float32)
     for sigma_mm in scales_mm:
-        largest, middle, smallest = symmetric_eigenvalues(*hessian_entries(volume, spacing_zyx_mm, sigma_mm))
+        factors = pyramid_factors(spacing, sigma_mm) if pyramid else (1, 1, 1)
+        coarse, blur_mm = subsample(volume, spacing, factors)
+        entries = hessian_entries(coarse, spacing * factors, sigma_mm, presmoothed_zyx_mm=blur_mm)
+        # The Hessian entries are smooth, so they interpolate well; the blob measure is not.
+        entries = [upsample_linear(entry, factors, volume.shape) for entry in entries]
+        largest, middle, smallest = symmetric_eigenvalues(*entries)
+        del entries
         response = blob_response(largest, smallest, middle)
-        stronger = np.abs(response) > np.abs(best)
-        best[stronger] = response[stronger]
-        logger.debug("Hessian scale %.1f mm done on %s voxels", sigma_mm, volume.shape)
-    return best
+        np.maximum(dark, response, out=dark)
+        np.maximum(bright, -response, out=bright)
+        logger.debug("Hessian scale %.1f mm on a grid subsampled by %s", sigma_mm, factors)
+    return dark - bright
+
+
+def pyramid_factors(spacing_zyx_mm: np.ndarray, sigma_mm: float) -> tuple[int, int, int]:
+    """Return the largest integer subsampling per axis that keeps the scale well sampled."""
+    sigma_vox = sigma_mm / np.asarray(spacing_zyx_mm)
+    return tuple(max(1, int(s // _PYRAMID_MIN_SIGMA_VOX)) for s in sigma_vox)
+
+
+def subsample(
+    volume: np.ndarray, spacing_zyx_mm: np.ndarray, factors: Sequence[int]
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Blur and subsample a volume by integer factors per axis.
+
+    Returns
+    -------
+    coarse : ndarray, float32
+        Every ``factor``-th voxel from index 0, after a Gaussian blur of ``factor`` voxels.
+    blur_mm : tuple of 3 floats
+        The blur applied per axis in mm (0 where the factor is 1).
+    """
+    coarse = volume
+    blur_mm = []
+    for axis, factor in enumerate(factors):
+        if factor == 1:
+            blur_mm.append(0.0)
+            continue
+        coarse = _smooth_along(coarse, float(factor), axis=axis, order=0)
+        coarse = np.take(coarse, np.arange(0, coarse.shape[axis], factor), axis=axis)
+        blur_mm.append(float(factor * spacing_zyx_mm[axis]))
+    return np.ascontiguousarray(coarse), (blur_mm[0], blur_mm[1], blur_mm[2])
+
+
+def upsample_linear(coarse: np.ndarray, factors: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """Interpolate a subsampled volume back to ``shape``; coarse index i sits at fine index i * factor."""
+    fine = coarse
+    for axis, factor in enumerate(factors):
+        if factor == 1:
+            continue
+        position = np.arange(shape[axis]) / factor
+        lower = np.minimum(np.floor(position).astype(int), fine.shape[axis] - 1)
+        upper = np.minimum(lower + 1, fine.shape[axis] - 1)
+        weight_shape = [1, 1, 1]
+        weight_shape[axis] = shape[axis]
+        weight = (position - lower).astype(np.float32).reshape(weight_shape)
+        fine = np.take(fine, lower, axis=axis) * (1 - weight) + np.take(fine, upper, axis=axis) * weight
+    return fine.astype(np.float32, copy=False)
