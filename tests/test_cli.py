@@ -4,13 +4,13 @@ import json
 
 import pytest
 import SimpleITK as sitk
-from model_factory import make_metadata, write_linear_model
-from phantoms import liver_phantom
 from typer.testing import CliRunner
 
 from mhp_edge import __version__
 from mhp_edge.cli import EXIT_BATCH_FAILURES, EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, app
 from mhp_edge.pipeline import LIVER_MODEL_FILE, TUMOUR_MODEL_FILE
+from model_factory import make_metadata, write_linear_model
+from phantoms import liver_phantom
 
 runner = CliRunner()
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from dicom_factory import write_series, write_slice
 
+from dicom_factory import write_series, write_slice
 from mhp_edge.errors import InputImageError
 from mhp_edge.io import read_image
 

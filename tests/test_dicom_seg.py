@@ -7,9 +7,9 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+
 from conftest import data_dir
 from dicom_factory import write_series, write_slice
-
 from mhp_edge.dicom import choose_stack, find_stacks
 from mhp_edge.dicom_seg import read_dicom_seg, write_dicom_seg
 from mhp_edge.errors import InputImageError, OutputError

@@ -27,7 +27,7 @@ from mhp_edge.model import load_model  # noqa: E402
 # Smallest shape both networks accept: LiverNet halves every axis three times.
 SMALL_PATCH_VOX = (16, 32, 32)
 
-# float32 convolutions in torch and onnxruntime sum in different orders; logits of an
+# float32 convolutions in torch and onnxruntime sum in different orders. Logits of an
 # untrained network are of order 1, so 1e-4 is far above rounding and far below any real bug.
 LOGIT_TOLERANCE = 1e-4
 

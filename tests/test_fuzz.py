@@ -6,11 +6,11 @@ import numpy as np
 import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from phantoms import liver_phantom
 
 from mhp_edge.errors import InputImageError
 from mhp_edge.io import read_image
 from mhp_edge.windows import sliding_window_probability
+from phantoms import liver_phantom
 
 SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 FUZZ_SETTINGS = settings(

@@ -6,10 +6,10 @@ import os
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from phantoms import liver_phantom
 
 from mhp_edge.errors import InputImageError, OutputError
 from mhp_edge.io import read_image, write_image_atomic
+from phantoms import liver_phantom
 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd", ".mha"])

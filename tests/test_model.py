@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from model_factory import make_metadata, write_linear_model
 
 from mhp_edge.errors import ModelError
 from mhp_edge.metadata import METADATA_KEY, card_path_for, parse_metadata, sha256_of_file
 from mhp_edge.model import available_cpu_count, load_model
+from model_factory import make_metadata, write_linear_model
 
 
 def test_valid_model_loads_and_predicts(tmp_path):

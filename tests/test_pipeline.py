@@ -6,11 +6,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from model_factory import make_metadata, write_linear_model
-from phantoms import LESION_HU, axis_aligned_directions, liver_phantom, reoriented
 
 from mhp_edge.errors import InputImageError
 from mhp_edge.pipeline import LIVER_MODEL_FILE, TUMOUR_MODEL_FILE, Segmenter
+from model_factory import make_metadata, write_linear_model
+from phantoms import LESION_HU, axis_aligned_directions, liver_phantom, reoriented
 
 
 @pytest.fixture(scope="module")

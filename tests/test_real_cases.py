@@ -10,9 +10,9 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import DEMO_SCAN
 from typer.testing import CliRunner
 
+from conftest import DEMO_SCAN
 from mhp_edge.cli import app
 from mhp_edge.evaluate import evaluate_masks
 from mhp_edge.io import read_image
