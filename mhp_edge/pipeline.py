@@ -43,8 +43,8 @@ logger = logging.getLogger(__name__)
 LIVER_MODEL_FILE = "liver_net.onnx"
 TUMOUR_MODEL_FILE = "mhp_net.onnx"
 
-# A liver below this volume is not a liver the tumour model can work in (an adult liver is
-# about 1.0 to 2.5 L); the scan probably does not show the liver.
+# An adult liver is about 1.0 to 2.5 L. Below this volume the scan probably does not show the
+# liver, so the tumour model is not run.
 MIN_LIVER_ML = 50.0
 
 Progress = Callable[[str, int, int], None]
@@ -58,7 +58,7 @@ def default_models_dir() -> Path:
 
 @dataclass
 class SegmentationResult:
-    """What one scan produced.
+    """Result of segmenting one scan.
 
     Attributes
     ----------
@@ -247,7 +247,7 @@ class Segmenter:
         Returns
         -------
         SegmentationResult
-            ``mask_array`` holds the labels as a (Z, Y, X) uint8 array.
+            ``mask_array`` contains the labels as a (Z, Y, X) uint8 array.
         """
         if volume_hu.ndim != 3:
             raise InputImageError(f"volume_hu must be 3D (z, y, x), got shape {volume_hu.shape}.")
