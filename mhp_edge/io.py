@@ -1,7 +1,7 @@
 """Reading scans and writing masks through SimpleITK.
 
-Readable: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) and a folder that
-holds one DICOM series. Masks are written to a temporary file in the target folder and moved into
+Readable: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) and DICOM folders
+(series chosen by the rules in ``mhp_edge.dicom``). Masks are written to a temporary file in the target folder and moved into
 place, so a crash never leaves a half-written mask and an existing file is replaced only on request.
 """
 
