@@ -71,8 +71,8 @@ def test_labelled_case_end_to_end(cases_dir, segmenter):
 
 
 def test_labelled_case_with_reference_liver(cases_dir, segmenter):
-    scan = sitk.ReadImage(str(cases_dir / "radctt_0697_ct.nii.gz"))
-    reference = sitk.ReadImage(str(cases_dir / "radctt_0697_label.nii.gz"))
+    scan = sitk.ReadImage(str(cases_dir / "radctt_1720_ct.nii.gz"))
+    reference = sitk.ReadImage(str(cases_dir / "radctt_1720_label.nii.gz"))
     liver = sitk.Cast(reference > 0, sitk.sitkUInt8)
     result = segmenter.segment(scan, liver_mask=liver)
     metrics = evaluate_masks(result.mask, reference)
