@@ -1,8 +1,9 @@
 """Reading scans and writing masks through SimpleITK.
 
 Readable: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) and DICOM folders
-(series chosen by the rules in ``mhp_edge.dicom``). Masks are written to a temporary file in the target folder and moved into
-place, so a crash never leaves a half-written mask and an existing file is replaced only on request.
+(series chosen by the rules in ``mhp_edge.dicom``). Outputs are written to temporary files in the
+target folder and moved into place, so a crash never leaves a half-written file and an existing
+file is replaced only on request.
 """
 
 from __future__ import annotations

@@ -295,10 +295,18 @@ class Segmenter:
 
         probability_image = sitk.GetImageFromArray(probability)
         probability_image.CopyInformation(coarse)
-        fine = resample_like(probability_image, scan, interpolator=sitk.sitkLinear)
-        liver = sitk.GetArrayFromImage(fine) > metadata.threshold
-        liver = _largest_component(liver)
-        return ndimage.binary_fill_holes(liver)
+
+        # Only the box around the kept component goes back to full resolution, so a long scan
+        # never gets a full-size float copy.
+        box = _fine_box(keep, coarse, scan)
+        z, y, x = box
+        region = scan[x.start : x.stop, y.start : y.stop, z.start : z.stop]
+        fine = resample_like(probability_image, region, interpolator=sitk.sitkLinear)
+        liver = np.zeros(sitk.GetArrayViewFromImage(scan).shape, dtype=bool)
+        liver[box] = ndimage.binary_fill_holes(
+            _largest_component(sitk.GetArrayViewFromImage(fine) > metadata.threshold)
+        )
+        return liver
 
     def _find_tumours(
         self,
@@ -348,6 +356,22 @@ class Segmenter:
             tumour = np.zeros(liver.shape, dtype=bool)
             tumour[box] = tumour_crop
         return tumour
+
+
+def _fine_box(coarse_mask: np.ndarray, coarse: sitk.Image, fine: sitk.Image) -> tuple[slice, slice, slice]:
+    """Return the (z, y, x) slices of ``fine`` that cover a mask on ``coarse`` plus one coarse voxel.
+
+    Both grids share origin and direction (``resample_to_spacing`` keeps them), so indices scale
+    by the spacing ratio.
+    """
+    ratio = np.array(coarse.GetSpacing())[::-1] / np.array(fine.GetSpacing())[::-1]
+    fine_shape = fine.GetSize()[::-1]
+    box = []
+    for axis, along in enumerate(np.nonzero(coarse_mask)):
+        start = int(np.floor((along.min() - 1) * ratio[axis]))
+        stop = int(np.ceil((along.max() + 2) * ratio[axis]))
+        box.append(slice(max(0, start), min(fine_shape[axis], stop)))
+    return box[0], box[1], box[2]
 
 
 def _array_to_image(

@@ -1,0 +1,135 @@
+"""Render ``models/MODEL_CARD.md`` from the card JSON files and the leave-one-case-out results.
+
+Usage::
+
+    python -m export.model_card [--models models] [--loco benchmarks/results/loco.json]
+
+The JSON cards beside the ONNX files are the source of truth (the runtime reads them); this page
+is their human-readable form and is rewritten whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from export.data import REPO_ROOT
+from mhp_edge.metadata import card_path_for
+
+MODEL_FILES = ("liver_net.onnx", "mhp_net.onnx")
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _spread(summary: dict[str, Any], key: str) -> str:
+    value = summary.get(key)
+    if isinstance(value, dict) and "mean" in value:
+        return f"{_number(value['mean'])} ± {_number(value.get('sd'))} (n = {value.get('n', '?')})"
+    return _number(value)
+
+
+def render_model_section(card: dict[str, Any]) -> list[str]:
+    """Return the Markdown lines that describe one model."""
+    metadata = card.get("metadata", {})
+    provenance = metadata.get("provenance", {})
+    hessian = metadata.get("hessian")
+    lines = [
+        f"## {card['name']} (`{card['model_file']}`)",
+        "",
+        f"- Task: {card['task']}. {card['architecture']}",
+        f"- Parameters: {card['parameters']:,}.",
+        f"- Input: patches of {tuple(metadata.get('patch_shape_vox', ()))} voxels (z, y, x) at "
+        f"{tuple(metadata.get('spacing_zyx_mm', ()))} mm; CT clipped to "
+        f"{tuple(metadata.get('hu_clip', ()))} HU, then "
+        f"(HU - {metadata.get('hu_mean')}) / {metadata.get('hu_std')}.",
+    ]
+    if hessian:
+        lines.append(
+            f"- Hessian twin: scales {tuple(hessian['scales_mm'])} mm on CT clipped to "
+            f"{tuple(hessian['hu_clip'])} HU, divided by {hessian['response_scale']}."
+        )
+    lines += [
+        f"- Output: one logit per voxel; probability threshold {metadata.get('threshold')}, "
+        f"windows overlap {metadata.get('overlap')}, components under "
+        f"{metadata.get('min_component_mm3')} mm³ dropped.",
+        f"- Trained on: {', '.join(card['training_cases'])}; seed {provenance.get('seed')}; "
+        f"{provenance.get('training_steps')} steps in {provenance.get('training_wall_time_s')} s on "
+        f"{provenance.get('threads')} CPU threads; torch {provenance.get('torch_version')}; "
+        f"export commit {provenance.get('export_commit')}.",
+        f"- sha256: `{card['sha256']}`",
+        "",
+    ]
+    return lines
+
+
+def render_accuracy(loco: dict[str, Any] | None) -> list[str]:
+    """Return the Markdown lines with the leave-one-case-out accuracy."""
+    if loco is None:
+        return ["## Accuracy", "", "Not measured yet: run `python -m benchmarks.loco`.", ""]
+    summary = loco.get("summary", {})
+    lines = [
+        "## Accuracy (leave-one-case-out)",
+        "",
+        "Each case was segmented by models trained on the other cases with the same recipe and",
+        "time budget; no number here comes from a case the model was trained on.",
+        f"Command: `{loco.get('command')}` ({loco.get('date')}).",
+        "",
+        "| measure | mean ± sd |",
+        "|---|---|",
+    ]
+    for key in summary:
+        lines.append(f"| {key.replace('_', ' ')} | {_spread(summary, key)} |")
+    lines += ["", "Per-case numbers: `benchmarks/results/loco.md`.", ""]
+    return lines
+
+
+def render(models_dir: Path, loco_path: Path) -> str:
+    """Return the whole model card page."""
+    cards = [json.loads(card_path_for(models_dir / name).read_text()) for name in MODEL_FILES]
+    loco = json.loads(loco_path.read_text()) if loco_path.is_file() else None
+    licences = cards[0].get("licences", {})
+
+    lines = [
+        "# mhp-edge model card",
+        "",
+        f"**{cards[0].get('intended_use', 'Research use only, not for clinical use.')}** These models",
+        "were trained on six scans (five with 12 tumours, one tumour-free). That is far too little to",
+        "claim accuracy on scans from other hospitals, phases or scanners.",
+        "",
+        "## Training data and licences",
+        "",
+    ]
+    lines += [f"- {source}: {text}" for source, text in licences.items()]
+    lines += [
+        "",
+        "The models inherit the terms of their training data: the non-commercial, no-derivatives",
+        "terms of 3D-IRCADb-01 and the unstated terms of the RadCTTACEomics samples mean that the",
+        "weights are for research use only.",
+        "",
+    ]
+    for card in cards:
+        lines += render_model_section(card)
+    lines += render_accuracy(loco)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m export.model_card", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, default=REPO_ROOT / "models")
+    parser.add_argument("--loco", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "loco.json")
+    arguments = parser.parse_args()
+    page = render(arguments.models, arguments.loco)
+    (arguments.models / "MODEL_CARD.md").write_text(page)
+    print(f"Wrote {arguments.models / 'MODEL_CARD.md'}")
+
+
+if __name__ == "__main__":
+    main()
