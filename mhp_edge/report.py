@@ -96,6 +96,12 @@ def measure_lesions(label_image: sitk.Image, scan: sitk.Image) -> list[Lesion]:
     list of Lesion
         Largest first.
     """
+    # Work in the box around all tumour voxels: a long scan would otherwise get full-size 32-bit
+    # component and float copies here.
+    full_size_xyz = np.array(scan.GetSize())
+    offset_xyz, label_image, scan = _crop_to_label(label_image, scan, TUMOUR_LABEL)
+    if offset_xyz is None:
+        return []
     tumour = sitk.Equal(label_image, TUMOUR_LABEL)
     components = sitk.RelabelComponent(sitk.ConnectedComponent(tumour, True), sortByObjectSize=True)
     shape = sitk.LabelShapeStatisticsImageFilter()
@@ -108,13 +114,13 @@ def measure_lesions(label_image: sitk.Image, scan: sitk.Image) -> list[Lesion]:
     axial_spacing_yx_mm = axial_components.GetSpacing()[1], axial_components.GetSpacing()[0]
     boxes = ndimage.find_objects(axial_labels)
 
-    size_xyz = np.array(scan.GetSize())
     lesions = []
     for label in shape.GetLabels():
         volume_mm3 = shape.GetPhysicalSize(label)
         box = tuple(int(v) for v in shape.GetBoundingBox(label))
-        start, extent = np.array(box[:3]), np.array(box[3:])
-        touches = bool((start == 0).any() or ((start + extent) == size_xyz).any())
+        start, extent = np.array(box[:3]) + offset_xyz, np.array(box[3:])
+        box = (*(int(v) for v in start), *box[3:])
+        touches = bool((start == 0).any() or ((start + extent) == full_size_xyz).any())
         region = boxes[label - 1]
         longest_mm, perpendicular_mm = axial_diameters_mm(axial_labels[region] == label, axial_spacing_yx_mm)
         lesions.append(
@@ -132,6 +138,20 @@ def measure_lesions(label_image: sitk.Image, scan: sitk.Image) -> list[Lesion]:
             )
         )
     return lesions
+
+
+def _crop_to_label(
+    label_image: sitk.Image, scan: sitk.Image, label: int
+) -> tuple[np.ndarray | None, sitk.Image, sitk.Image]:
+    """Crop both images to the box of ``label``; return the box start (x, y, z) or None if absent."""
+    present = sitk.GetArrayViewFromImage(label_image) == label
+    if not present.any():
+        return None, label_image, scan
+    z, y, x = (np.nonzero(present.any(axis=axes))[0] for axes in ((1, 2), (0, 2), (0, 1)))
+    start = np.array([x[0], y[0], z[0]])
+    stop = np.array([x[-1], y[-1], z[-1]]) + 1
+    box = tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
+    return start, label_image[box], scan[box]
 
 
 def axial_diameters_mm(lesion: np.ndarray, spacing_yx_mm: tuple[float, float]) -> tuple[float, float]:
