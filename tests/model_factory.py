@@ -76,3 +76,11 @@ def write_linear_model(
     card = {"model_file": file_name, "sha256": sha256_of_file(path), "name": metadata.name}
     card_path_for(path).write_text(json.dumps(card))
     return path
+
+
+def update_card_checksum(path: Path) -> None:
+    """Record the model file's current sha256 in its card, as after a legitimate re-export."""
+    card_path = card_path_for(path)
+    card = json.loads(card_path.read_text())
+    card["sha256"] = sha256_of_file(path)
+    card_path.write_text(json.dumps(card))

@@ -1,7 +1,7 @@
 """Tests of export/: ONNX parity with torch, embedded metadata, cards, loss and patch sampling.
 
 The networks are untrained and exported at a small patch shape, so the whole module runs in
-seconds; the architecture is the same as at the shipped patch shape.
+seconds. The layers are the same as at the shipped patch shape.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from export.contract import INTENDED_USE, licences_for, liver_metadata, tumour_m
 from export.data import Augmentation, PatchMix, PatchSampler, PreparedCase, measure_response_scale  # noqa: E402
 from export.networks import LiverNet, MHPNet, count_parameters  # noqa: E402
 from export.onnx_export import export_onnx, write_card  # noqa: E402
-from export.train import dice_bce_loss, learning_rate_at  # noqa: E402
+from export.train import Budget, dice_bce_loss, learning_rate_at  # noqa: E402
 from mhp_edge.metadata import METADATA_KEY, card_path_for, parse_metadata, sha256_of_file  # noqa: E402
 from mhp_edge.model import load_model  # noqa: E402
 
@@ -161,6 +161,20 @@ def test_learning_rate_schedule_bounds():
     assert learning_rate_at(0.05, 1.0) == pytest.approx(1.0)
     assert learning_rate_at(1.0, 1.0) == pytest.approx(0.02)
     assert learning_rate_at(2.0, 1.0) == pytest.approx(0.02)
+
+
+def test_budget_fraction_by_steps_or_time():
+    assert Budget(steps=200).fraction(50, elapsed_s=1000.0) == pytest.approx(0.25)
+    assert Budget(seconds=100.0).fraction(50, elapsed_s=25.0) == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [{}, {"seconds": 60.0, "steps": 10}, {"seconds": 0.0}, {"steps": 0}],
+)
+def test_budget_rejects_invalid(arguments):
+    with pytest.raises(ValueError, match="Budget|exactly one"):
+        Budget(**arguments)
 
 
 def synthetic_case(shape=(20, 40, 40)) -> PreparedCase:

@@ -1,6 +1,5 @@
 """Model loading: the card checksum, the metadata contract and the graph checks."""
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -10,9 +9,9 @@ import onnx
 import pytest
 
 from mhp_edge.errors import ModelError
-from mhp_edge.metadata import METADATA_KEY, card_path_for, parse_metadata, sha256_of_file
+from mhp_edge.metadata import METADATA_KEY, card_path_for, parse_metadata
 from mhp_edge.model import available_cpu_count, load_model
-from model_factory import make_metadata, write_linear_model
+from model_factory import make_metadata, update_card_checksum, write_linear_model
 
 
 def test_valid_model_loads_and_predicts(tmp_path):
@@ -41,9 +40,7 @@ def test_truncated_file_rejected(tmp_path):
     path = write_linear_model(tmp_path, "liver.onnx", make_metadata("liver"))
     data = path.read_bytes()[:200]
     path.write_bytes(data)
-    card = json.loads(card_path_for(path).read_text())
-    card["sha256"] = hashlib.sha256(data).hexdigest()
-    card_path_for(path).write_text(json.dumps(card))
+    update_card_checksum(path)
     with pytest.raises(ModelError, match="liver.onnx"):
         load_model(path, threads=1)
 
@@ -76,9 +73,7 @@ def test_patch_shape_mismatch_rejected(tmp_path):
     wrong = make_metadata("liver", patch_shape_vox=(8, 16, 32))
     model.metadata_props[0].value = wrong.to_json()
     onnx.save(model, str(path))
-    card = json.loads(card_path_for(path).read_text())
-    card["sha256"] = sha256_of_file(path)
-    card_path_for(path).write_text(json.dumps(card))
+    update_card_checksum(path)
     with pytest.raises(ModelError, match="metadata patch is 32"):
         load_model(path, threads=1)
 
@@ -115,9 +110,7 @@ def test_external_data_rejected(tmp_path):
     entry = tensor.external_data.add()
     entry.key, entry.value = "location", "../../etc/passwd"
     onnx.save(model, str(path))
-    card = json.loads(card_path_for(path).read_text())
-    card["sha256"] = sha256_of_file(path)
-    card_path_for(path).write_text(json.dumps(card))
+    update_card_checksum(path)
     with pytest.raises(ModelError, match="external file"):
         load_model(path, threads=1)
 
