@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -66,13 +67,19 @@ def main(
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
-    """Set up logging for every command."""
+    """Set up logging and signal handling for every command."""
+    # SIGTERM unwinds like Ctrl-C, so staged temporary files are removed before the exit.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
         force=True,
     )
+
+
+def _exit_on_signal(number: int, _frame) -> None:
+    raise SystemExit(128 + number)
 
 
 def _exit_code(err: Exception) -> int:
@@ -144,8 +151,42 @@ def collect_scans(source: Path) -> list[Path] | None:
         return scans
     if source.is_dir():
         images = sorted(p for p in source.iterdir() if p.is_file() and image_suffix(p))
+        if images and any(_is_dicom_file(p) for p in source.iterdir() if p.is_file() and not image_suffix(p)):
+            raise ConfigurationError(
+                f"{source}: holds both image files ({images[0].name}, ...) and DICOM files, so it "
+                "is unclear what to segment. Move the DICOM series or the image files to a folder "
+                "of their own."
+            )
         return images or None
     return None
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """Return True when a file carries the DICOM preamble marker 'DICM' at byte 128."""
+    try:
+        with open(path, "rb") as stream:
+            return stream.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def _check_batch(scans: list[Path], output: Path) -> None:
+    """Reject batches whose outputs would collide or land among the scans themselves."""
+    stems: dict[str, Path] = {}
+    for scan in scans:
+        stem = scan_stem(scan)
+        if stem in stems:
+            raise ConfigurationError(
+                f"{stems[stem]} and {scan} would both write {stem}_mask.nii.gz. Rename one, or run "
+                "them as separate batches with different output folders."
+            )
+        stems[stem] = scan
+    folders = {scan.parent.resolve() for scan in scans}
+    if output.resolve() in folders:
+        raise ConfigurationError(
+            f"the output folder {output} holds scans of this batch, so a later run would take the "
+            "masks for scans. Choose another output folder."
+        )
 
 
 @app.command()
@@ -207,6 +248,10 @@ def segment(
             raise ConfigurationError(f"--format is {output_format!r}; use 'nifti' or 'dicom-seg'.")
         dicom_seg = output_format == "dicom-seg"
         batch = collect_scans(scan)
+        if series is not None and (batch is not None or not scan.is_dir()):
+            raise ConfigurationError("--series picks a series in one DICOM folder; give a DICOM folder.")
+        if batch is not None:
+            _check_batch(batch, output)
         if dicom_seg and (batch is not None or not scan.is_dir() or image_suffix(output)):
             raise ConfigurationError(
                 "--format dicom-seg needs one DICOM folder as input and an output folder, because "
@@ -260,15 +305,23 @@ def _segment_one(
     for path in outputs.all():
         if path.resolve() == scan.resolve():
             raise OutputError(f"{path}: is the input scan; choose another output name.")
+        # ITK reads x.nii when asked for x.nii.gz, so a mask beside its scan with the same stem
+        # would later be read in place of the scan.
+        if path.parent.resolve() == scan.parent.resolve() and scan_stem(path) == scan_stem(scan):
+            raise OutputError(
+                f"{path}: has the same name as the input scan apart from the suffix, and image readers "
+                "may then open one for the other. Choose another output name."
+            )
     dicom_seg = outputs.mask.suffix == ".dcm"
     with staged_outputs(outputs.all(), overwrite=overwrite) as temporaries:
         started = time.perf_counter()
-        source_files = None
-        if dicom_seg:
+        source_files, stack = None, None
+        if scan.is_dir():
             stack = choose_stack(find_stacks(scan), folder=scan, series_uid=series)
-            image, source_files = stack_to_image(stack, folder=scan), stack.files
+            image = stack_to_image(stack, folder=scan)
+            source_files = stack.files if dicom_seg else None
         else:
-            image = read_image(scan, series_uid=series)
+            image = read_image(scan)
         reference = read_image(liver_mask) if liver_mask is not None else None
         read_s = time.perf_counter() - started
 
@@ -292,6 +345,13 @@ def _segment_one(
             from mhp_edge.preview import write_preview
 
             write_preview(image, result.mask, result.lesions, temporaries[3], overwrite=True)
+        if stack is not None:
+            report["dicom_series"] = {
+                "series_instance_uid": stack.series_uid,
+                "series_number": stack.series_number,
+                "series_description": stack.description,
+                "slices": len(stack.files),
+            }
         report["timings_s"] = {"read": round(read_s, 3), **report["timings_s"]}
         report["timings_s"]["write"] = round(time.perf_counter() - started, 3)
         temporaries[1].write_text(json.dumps(report, indent=2))
@@ -325,7 +385,7 @@ def _run_batch(segmenter, scans: list[Path], output: Path, *, series, preview, o
             if not isinstance(err, MhpEdgeError):
                 logger.exception("internal failure on %s", scan)
             failures.append((scan, str(err)))
-            typer.echo(f"failed   {scan}: {err}")
+            typer.echo(f"failed   {err}" if str(scan) in str(err) else f"failed   {scan}: {err}")
             return
         counts["done"] += 1
         typer.echo(

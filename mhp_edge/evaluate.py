@@ -45,15 +45,20 @@ def evaluate_masks(prediction: sitk.Image, reference: sitk.Image) -> dict:
     InputImageError
         If the two images do not share a grid.
     """
-    if prediction.GetSize() != reference.GetSize() or not np.allclose(
-        prediction.GetSpacing(), reference.GetSpacing(), rtol=1e-4
-    ):
+    same_grid = (
+        prediction.GetSize() == reference.GetSize()
+        and np.allclose(prediction.GetSpacing(), reference.GetSpacing(), rtol=1e-4)
+        and np.allclose(prediction.GetOrigin(), reference.GetOrigin(), atol=1e-2)
+        and np.allclose(prediction.GetDirection(), reference.GetDirection(), atol=1e-4)
+    )
+    if not same_grid:
         raise InputImageError(
-            f"prediction grid {prediction.GetSize()} / {prediction.GetSpacing()} differs from "
-            f"reference {reference.GetSize()} / {reference.GetSpacing()}; compare masks of one scan."
+            f"prediction grid (size {prediction.GetSize()}, origin {prediction.GetOrigin()}) differs "
+            f"from the reference grid (size {reference.GetSize()}, origin {reference.GetOrigin()}); "
+            "compare masks made on one scan."
         )
-    predicted = sitk.GetArrayFromImage(prediction)
-    expected = sitk.GetArrayFromImage(reference)
+    predicted = _label_array(prediction, "prediction")
+    expected = _label_array(reference, "reference")
     voxel_mm3 = float(np.prod(reference.GetSpacing()))
 
     predicted_tumour = predicted == TUMOUR_LABEL
@@ -89,6 +94,18 @@ def evaluate_masks(prediction: sitk.Image, reference: sitk.Image) -> dict:
         "false_positive_lesions": false_positives,
         "lesions": lesions,
     }
+
+
+def _label_array(image: sitk.Image, role: str) -> np.ndarray:
+    array = sitk.GetArrayFromImage(image)
+    values = np.unique(array)
+    if not np.all(np.isin(values, (0, 1, 2))):
+        shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
+        raise InputImageError(
+            f"the {role} has values {shown}; expected labels 0 background, 1 liver, 2 tumour. "
+            "Was a CT given instead of a mask?"
+        )
+    return array
 
 
 def _recall(lesions: list[dict], include) -> float | None:

@@ -8,19 +8,19 @@ file is replaced only on request.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 import tempfile
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from mhp_edge.dicom import read_dicom_series
 from mhp_edge.errors import InputImageError, OutputError
+from mhp_edge.nifti import inspect_nifti
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +67,7 @@ def read_image(path: Path, *, series_uid: str | None = None) -> sitk.Image:
                 f"{path}: unknown image type. Give a .nii, .nii.gz, .nrrd, .mha or .mhd file, "
                 "or a folder of DICOM files."
             )
-        if path.name.lower().endswith(".gz"):
-            _check_gzip_complete(path)
+        inspection = inspect_nifti(path) if image_suffix(path) in (".nii", ".nii.gz") else None
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as err:
@@ -76,22 +75,20 @@ def read_image(path: Path, *, series_uid: str | None = None) -> sitk.Image:
                 f"{path}: cannot be read as an image ({_first_line(err)}). "
                 "The file may be truncated or corrupt; export it again."
             ) from err
+        if inspection is not None and inspection.non_finite_indices.size:
+            image = _restore_non_finite(image, inspection.non_finite_indices)
 
     _check_volume(image, path)
     return image
 
 
-def _check_gzip_complete(path: Path) -> None:
-    # ITK's NIfTI reader fills a truncated .nii.gz with zeros instead of failing, so the stream is
-    # decompressed once here to find a missing end or a bad checksum.
-    try:
-        with gzip.open(path, "rb") as stream:
-            while stream.read(1 << 22):
-                pass
-    except (EOFError, OSError, zlib.error) as err:
-        raise InputImageError(
-            f"{path}: the gzip data is truncated or corrupt ({err}). Copy or export the file again."
-        ) from err
+def _restore_non_finite(image: sitk.Image, flat_indices: np.ndarray) -> sitk.Image:
+    # ITK read these voxels as 0; NaN lets the pipeline count them and set them to air.
+    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    array.reshape(-1)[flat_indices[flat_indices < array.size]] = np.nan
+    restored = sitk.GetImageFromArray(array, isVector=False)
+    restored.CopyInformation(image)
+    return restored
 
 
 def _check_volume(image: sitk.Image, path: Path) -> None:

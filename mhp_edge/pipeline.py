@@ -23,6 +23,7 @@ from mhp_edge.model import LoadedModel, available_cpu_count, load_model
 from mhp_edge.plausibility import (
     anatomy_warnings,
     intensity_warnings,
+    is_nearly_constant,
     liver_volume_warnings,
     spacing_warnings,
 )
@@ -176,6 +177,8 @@ class Segmenter:
         with timer.stage("liver"):
             if liver_mask is not None:
                 liver, liver_source = _oriented_liver_mask(liver_mask, image), "mask"
+            elif is_nearly_constant(sitk.GetArrayViewFromImage(scan)):
+                liver, liver_source = np.zeros(sitk.GetArrayViewFromImage(scan).shape, dtype=bool), "model"
             else:
                 liver, liver_source = self._find_liver(scan, progress), "model"
 
@@ -189,11 +192,18 @@ class Segmenter:
         tumour = np.zeros(liver.shape, dtype=bool)
         if liver_ml >= MIN_LIVER_ML:
             tumour = self._find_tumours(scan, liver, timer, progress) & liver
+        elif liver_source == "mask":
+            warnings.append(
+                f"The given liver mask covers {liver_ml:.0f} mL, below {MIN_LIVER_ML:.0f} mL, so no "
+                "tumour was searched for. Check that the mask belongs to this scan."
+            )
         else:
             warnings.append(
-                f"Liver volume {liver_ml:.0f} mL is below {MIN_LIVER_ML:.0f} mL: no liver found, "
-                "so no tumour was searched for. Check that the scan covers the upper abdomen."
+                f"No liver found (at most {liver_ml:.0f} mL, below {MIN_LIVER_ML:.0f} mL), so the mask is "
+                "empty. Check that the scan is a CT of the upper abdomen."
             )
+            liver = np.zeros(liver.shape, dtype=bool)
+            liver_ml = 0.0
 
         with timer.stage("postprocess"):
             labels = np.zeros(liver.shape, dtype=np.uint8)
@@ -419,6 +429,13 @@ def _oriented_liver_mask(liver_mask: sitk.Image, image: sitk.Image) -> np.ndarra
             f"{tuple(round(o, 2) for o in liver_mask.GetOrigin())}) differs from the scan's (size "
             f"{image.GetSize()}, spacing {tuple(round(s, 4) for s in image.GetSpacing())}, origin "
             f"{tuple(round(o, 2) for o in image.GetOrigin())}). Give a mask made on this scan."
+        )
+    values = np.unique(sitk.GetArrayViewFromImage(liver_mask))
+    if values.size > 3 or not np.all(np.isin(values, (0, 1, 2, 255))):
+        shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
+        raise InputImageError(
+            f"the liver mask has values {shown}; expected a mask with 0 outside and 1 (or 255, or "
+            "labels 1 and 2) inside the liver. Was a CT given as the mask?"
         )
     binary = sitk.Cast(sitk.NotEqual(liver_mask, 0), sitk.sitkUInt8)
     binary.CopyInformation(image)

@@ -47,6 +47,15 @@ def spacing_warnings(scan: sitk.Image) -> list[str]:
     return warnings
 
 
+def is_nearly_constant(hu: np.ndarray) -> bool:
+    """Return True when the 1st and 99th percentiles of a scan are less than 1 HU apart."""
+    sample = hu[:, ::4, ::4]
+    if sample.size == 0:
+        return True
+    low, high = np.percentile(sample, [1, 99])
+    return bool(high - low < 1.0)
+
+
 def intensity_warnings(hu: np.ndarray) -> list[str]:
     """Return warnings when the values do not look like CT in Hounsfield units.
 

@@ -151,3 +151,60 @@ def test_batch_rejects_liver_mask(tmp_path, scan, models_dir):
     result = segment(scan.parent, "-o", tmp_path / "out", "--models", models_dir, "--liver-mask", scan)
     assert result.exit_code == 2
     assert "a batch takes an output folder" in result.output
+
+
+def test_batch_with_same_names_rejected(tmp_path, models_dir):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        sitk.WriteImage(liver_phantom(), str(tmp_path / folder / "scan.nii.gz"))
+    listing = tmp_path / "scans.txt"
+    listing.write_text("a/scan.nii.gz\nb/scan.nii.gz\n")
+    result = segment(listing, "-o", tmp_path / "out", "--models", models_dir)
+    assert result.exit_code == 2
+    assert "would both write scan_mask.nii.gz" in result.output
+
+
+def test_batch_into_its_own_folder_rejected(tmp_path, scan, models_dir):
+    result = segment(scan.parent, "-o", scan.parent, "--models", models_dir)
+    assert result.exit_code == 2
+    assert "holds scans of this batch" in result.output
+
+
+def test_folder_with_images_and_dicom_rejected(tmp_path, scan, models_dir):
+    (scan.parent / "slice.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    result = segment(scan.parent, "-o", tmp_path / "out", "--models", models_dir)
+    assert result.exit_code == 2
+    assert "both image files" in result.output
+
+
+def test_mask_name_shadowing_scan_rejected(scan, models_dir):
+    result = segment(scan, "-o", scan.with_name("phantom.nii"), "--models", models_dir)
+    assert result.exit_code == EXIT_OUTPUT
+    assert "same name as the input scan" in result.output
+    assert not scan.with_name("phantom.nii").exists()
+
+
+def test_series_option_needs_dicom_folder(tmp_path, scan, models_dir):
+    result = segment(scan, "-o", tmp_path / "out", "--models", models_dir, "--series", "1.2.3")
+    assert result.exit_code == 2
+    assert "--series picks a series" in result.output
+
+
+def test_evaluate_rejects_ct_as_reference(tmp_path, scan):
+    mask = tmp_path / "mask.nii.gz"
+    labels = sitk.Image(liver_phantom().GetSize(), sitk.sitkUInt8)
+    labels.CopyInformation(liver_phantom())
+    sitk.WriteImage(labels, str(mask))
+    result = runner.invoke(app, ["evaluate", str(mask), str(scan)])
+    assert result.exit_code == EXIT_INPUT
+    assert "Was a CT given" in result.output
+
+
+def test_evaluate_rejects_other_origin(tmp_path):
+    labels = sitk.Image(liver_phantom().GetSize(), sitk.sitkUInt8)
+    sitk.WriteImage(labels, str(tmp_path / "a.nii.gz"))
+    labels.SetOrigin((5.0, 0.0, 0.0))
+    sitk.WriteImage(labels, str(tmp_path / "b.nii.gz"))
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz")])
+    assert result.exit_code == EXIT_INPUT
+    assert "differs from the reference grid" in result.output

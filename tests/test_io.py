@@ -135,3 +135,24 @@ def test_4d_image_rejected(tmp_path):
     sitk.WriteImage(sitk.Image([8, 8, 8, 2], sitk.sitkInt16), str(path))
     with pytest.raises(InputImageError, match="4D"):
         read_image(path)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nifti_non_finite_voxels_kept_as_nan(tmp_path, suffix):
+    array = np.full((4, 5, 6), 50.0, dtype=np.float32)
+    array[0, 0, 0] = np.nan
+    array[1, 2, 3] = np.inf
+    path = tmp_path / f"scan{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    values = sitk.GetArrayFromImage(read_image(path))
+    assert np.isnan(values[0, 0, 0])
+    assert np.isnan(values[1, 2, 3])
+    assert np.isfinite(values).sum() == array.size - 2
+
+
+def test_truncated_uncompressed_nifti(tmp_path):
+    path = tmp_path / "scan.nii"
+    sitk.WriteImage(liver_phantom(), str(path))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(InputImageError, match="the file is truncated"):
+        read_image(path)

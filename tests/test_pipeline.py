@@ -102,7 +102,7 @@ def test_constant_image_gives_empty_mask(segmenter, value):
     constant.CopyInformation(image)
     result = segmenter.segment(constant)
     assert sitk.GetArrayViewFromImage(result.mask).max() == 0
-    assert any("no liver found" in warning for warning in result.warnings)
+    assert any("No liver found" in warning for warning in result.warnings)
 
 
 @pytest.mark.parametrize(
@@ -160,3 +160,17 @@ def test_threads_share_one_segmenter(segmenter):
     with ThreadPoolExecutor(max_workers=3) as pool:
         masks = list(pool.map(lambda _: segmenter.segment(phantom).mask_array, range(6)))
     assert all(np.array_equal(mask, expected) for mask in masks)
+
+
+def test_ct_given_as_liver_mask_rejected(segmenter):
+    phantom = liver_phantom()
+    with pytest.raises(InputImageError, match="Was a CT given as the mask"):
+        segmenter.segment(phantom, liver_mask=phantom)
+
+
+def test_empty_liver_mask_warns(segmenter):
+    phantom = liver_phantom()
+    empty = sitk.Image(phantom.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(phantom)
+    result = segmenter.segment(phantom, liver_mask=empty)
+    assert any("given liver mask covers 0 mL" in warning for warning in result.warnings)
