@@ -38,6 +38,11 @@ def spacing_warnings(scan: sitk.Image) -> list[str]:
             f"{low}-{high} mm, unusual for abdominal CT. Check the header; sizes and volumes in "
             "this report may be wrong."
         )
+    if np.allclose((z_mm, y_mm, x_mm), 1.0, atol=1e-6):
+        warnings.append(
+            "Spacing suspicious: exactly 1 x 1 x 1 mm, a common placeholder written when the real "
+            "spacing was lost. Check the header; sizes and volumes in this report may be wrong."
+        )
     low, high = SLICE_SPACING_MM
     if not low <= z_mm <= high:
         warnings.append(

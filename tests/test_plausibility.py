@@ -52,7 +52,13 @@ def test_constant_image_warns():
 
 @pytest.mark.parametrize(
     ("spacing_xyz", "expected"),
-    [((0.7, 0.7, 2.5), 0), ((1.0, 1.0, 1.0), 0), ((2.0, 2.0, 2.5), 1), ((0.7, 0.7, 10.0), 1)],
+    [
+        ((0.7, 0.7, 2.5), 0),
+        ((1.0, 1.0, 1.0), 1),
+        ((1.0, 1.0, 2.0), 0),
+        ((2.0, 2.0, 2.5), 1),
+        ((0.7, 0.7, 10.0), 1),
+    ],
 )
 def test_spacing_ranges(spacing_xyz, expected):
     image = sitk.Image(4, 4, 4, sitk.sitkFloat32)
