@@ -34,7 +34,8 @@ class CleanedScan:
     Attributes
     ----------
     image : SimpleITK.Image
-        float32 HU, oriented as ``CANONICAL_ORIENTATION``.
+        HU oriented as ``CANONICAL_ORIENTATION``: integer input keeps its pixel type, float
+        input becomes float32.
     non_finite_vox : int
         NaN or infinite voxels that were replaced with air.
     padding_vox : int
@@ -55,6 +56,9 @@ def image_spacing_zyx_mm(image: sitk.Image) -> tuple[float, float, float]:
 def clean_scan(image: sitk.Image) -> CleanedScan:
     """Reorient a CT scan to the canonical orientation and repair non-finite and padding values.
 
+    Integer scans keep their pixel type, so a long int16 scan is never copied to float32 at full
+    size; float scans become float32.
+
     Parameters
     ----------
     image : SimpleITK.Image
@@ -64,9 +68,15 @@ def clean_scan(image: sitk.Image) -> CleanedScan:
     -------
     CleanedScan
     """
-    oriented = sitk.DICOMOrient(sitk.Cast(image, sitk.sitkFloat32), CANONICAL_ORIENTATION)
-    hu = sitk.GetArrayFromImage(oriented)
+    oriented = sitk.DICOMOrient(image, CANONICAL_ORIENTATION)
+    if oriented.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
+        padding_vox = int((sitk.GetArrayViewFromImage(oriented) < AIR_HU).sum())
+        if padding_vox:
+            logger.info("Set %d padding voxels below %.0f HU to air", padding_vox, AIR_HU)
+            oriented = sitk.Maximum(oriented, AIR_HU)
+        return CleanedScan(oriented, 0, padding_vox)
 
+    hu = sitk.GetArrayFromImage(oriented).astype(np.float32, copy=False)
     non_finite = ~np.isfinite(hu)
     non_finite_vox = int(non_finite.sum())
     hu[non_finite] = AIR_HU
@@ -99,7 +109,8 @@ def resample_to_spacing(
     target_spacing_zyx_mm : sequence of 3 floats
         New spacing in mm, (z, y, x) order.
     interpolator : int
-        A SimpleITK interpolator constant, linear by default.
+        A SimpleITK interpolator constant, linear by default. Linear output is float32, so
+        interpolated HU are not rounded; nearest-neighbour output keeps the pixel type.
     default_value : float
         Value for points outside the input.
     """
@@ -117,7 +128,7 @@ def resample_to_spacing(
         new_spacing_xyz,
         image.GetDirection(),
         default_value,
-        image.GetPixelID(),
+        image.GetPixelID() if interpolator == sitk.sitkNearestNeighbor else sitk.sitkFloat32,
     )
 
 
