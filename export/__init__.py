@@ -1,0 +1,1 @@
+"""Training and ONNX export of the mhp-edge models. All torch code lives in this package."""

@@ -1,0 +1,117 @@
+"""Metadata of the two shipped models, as the runtime in ``mhp_edge`` reads it.
+
+Changing a value here changes what the runtime does with the exported model, so each value must
+also be what training used. ``export.data`` and ``export.train`` take every preprocessing
+constant from the ``ModelMetadata`` built here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mhp_edge.metadata import HessianSpec, ModelMetadata
+
+LIVER_FILE_STEM = "liver_net"
+TUMOUR_FILE_STEM = "mhp_net"
+
+# Sources of the labelled cases, keyed by the case id prefix before the first underscore.
+LICENCES = {
+    "ircadb": "3D-IRCADb-01 (IRCAD): CC BY-NC-ND 3.0 (attribution, non-commercial, no derivatives).",
+    "radctt": "RadCTTACEomics HCC samples: no licence stated, all rights reserved, local use only.",
+    "totalseg": "TotalSegmentator example CT and reference segmentation: Apache-2.0.",
+}
+
+INTENDED_USE = "Research use only, not for clinical use."
+
+# Hessian settings of the tumour model. The response scale is measured on the training cases.
+TUMOUR_HESSIAN_SCALES_MM = (3.0, 6.0, 12.0)
+TUMOUR_HESSIAN_HU_CLIP = (-50.0, 200.0)
+
+
+def liver_metadata(provenance: dict[str, Any]) -> ModelMetadata:
+    """Build the metadata of the liver model (``liver_net.onnx``).
+
+    Parameters
+    ----------
+    provenance : dict
+        Training cases, seed, commit, versions, date and wall time, stored as given.
+    """
+    return ModelMetadata(
+        name="liver-net",
+        task="liver",
+        input_names=("ct",),
+        output_name="logits",
+        patch_shape_vox=(32, 96, 96),
+        spacing_zyx_mm=(4.0, 3.0, 3.0),
+        hu_clip=(-250.0, 250.0),
+        hu_mean=0.0,
+        hu_std=150.0,
+        pad_hu=-1024.0,
+        overlap=0.25,
+        threshold=0.5,
+        min_component_mm3=0.0,
+        roi_margin_mm=0.0,
+        hessian=None,
+        labels={0: "background", 1: "liver"},
+        provenance=provenance,
+    )
+
+
+def tumour_metadata(
+    provenance: dict[str, Any], *, response_scale: float, threshold: float = 0.5
+) -> ModelMetadata:
+    """Build the metadata of the tumour model (``mhp_net.onnx``).
+
+    Parameters
+    ----------
+    provenance : dict
+        Training cases, seed, commit, versions, date and wall time, stored as given.
+    response_scale : float
+        Divisor of the raw Hessian blob response, measured on the training cases (see
+        ``export.data.measure_response_scale``).
+    threshold : float
+        Tumour probability threshold.
+    """
+    return ModelMetadata(
+        name="mhp-net",
+        task="tumour",
+        input_names=("ct", "hessian"),
+        output_name="logits",
+        patch_shape_vox=(32, 64, 64),
+        spacing_zyx_mm=(2.5, 1.25, 1.25),
+        hu_clip=(-150.0, 250.0),
+        hu_mean=60.0,
+        hu_std=100.0,
+        pad_hu=-1024.0,
+        overlap=0.5,
+        threshold=threshold,
+        min_component_mm3=100.0,
+        roi_margin_mm=10.0,
+        hessian=HessianSpec(
+            scales_mm=TUMOUR_HESSIAN_SCALES_MM,
+            hu_clip=TUMOUR_HESSIAN_HU_CLIP,
+            response_scale=response_scale,
+        ),
+        labels={0: "background", 1: "liver", 2: "tumour"},
+        provenance=provenance,
+    )
+
+
+def licences_for(case_ids: list[str]) -> dict[str, str]:
+    """Return the licence text of each data source that the given cases come from.
+
+    Raises
+    ------
+    ValueError
+        If a case id does not start with a known source prefix.
+    """
+    licences = {}
+    for case_id in case_ids:
+        source = case_id.split("_", 1)[0]
+        if source not in LICENCES:
+            raise ValueError(
+                f"Case {case_id!r} comes from unknown source {source!r}; known sources are "
+                f"{sorted(LICENCES)}. Add its licence to export.contract.LICENCES."
+            )
+        licences[source] = LICENCES[source]
+    return licences

@@ -1,0 +1,471 @@
+"""Training data: labelled cases preprocessed exactly as the runtime does, cached, and sampled.
+
+Each case is a CT (``<case>_ct.nii.gz``, HU) and a label (``<case>_label.nii.gz``: 0 background,
+1 liver, 2 tumour) on one grid. Preprocessing calls the ``mhp_edge.preprocess`` functions in the
+order the runtime calls them:
+
+1. ``clean_scan`` (orientation and HU repair);
+2. for the tumour model, the crop to the liver's bounding box plus margin
+   (``bounding_box_with_margin``) on the scan's own grid;
+3. ``resample_to_spacing`` to the model spacing;
+4. for the tumour model, ``hessian_input`` on the resampled crop.
+
+Labels are reoriented the same way and resampled onto the CT's grid by nearest neighbour.
+
+Preprocessed arrays are cached as ``.npz`` files keyed by the input files' sha256, the settings
+that shape them and the source of the preprocessing modules, so a change to any of them
+recomputes the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+import mhp_edge.hessian
+import mhp_edge.preprocess
+from mhp_edge.io import read_image
+from mhp_edge.metadata import HessianSpec, ModelMetadata, sha256_of_file
+from mhp_edge.preprocess import (
+    bounding_box_with_margin,
+    clean_scan,
+    hessian_input,
+    image_spacing_zyx_mm,
+    normalise_hu,
+    resample_like,
+    resample_to_spacing,
+)
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TUMOUR_LABEL = 2
+
+# Bump when this module changes what it stores in the cache.
+CACHE_FORMAT = 2
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """The CT and label files of one labelled case."""
+
+    case_id: str
+    ct_path: Path
+    label_path: Path
+
+
+@dataclass(frozen=True)
+class PreparedCase:
+    """One case at a model's spacing, cropped as the runtime crops it.
+
+    Attributes
+    ----------
+    case_id : str
+    hu : ndarray of shape (Z, Y, X), float32
+        CT in HU after ``clean_scan`` and resampling.
+    label : ndarray of shape (Z, Y, X), uint8
+        0 background, 1 liver, 2 tumour.
+    blob_response : ndarray of shape (Z, Y, X), float32, or None
+        Hessian blob response before division by the response scale (tumour model only).
+    spacing_zyx_mm : tuple of 3 floats
+    """
+
+    case_id: str
+    hu: np.ndarray
+    label: np.ndarray
+    blob_response: np.ndarray | None
+    spacing_zyx_mm: tuple[float, float, float]
+
+
+def default_data_dir() -> Path:
+    """Return the data folder: ``$MHP_EDGE_DATA``, else ``../shared/data`` beside the repo."""
+    configured = os.environ.get("MHP_EDGE_DATA")
+    if configured:
+        return Path(configured).expanduser()
+    return (REPO_ROOT.parent / "shared" / "data").resolve()
+
+
+def default_cache_dir() -> Path:
+    """Return the cache folder: ``$MHP_EDGE_CACHE``, else ``~/.cache/mhp-edge``."""
+    configured = os.environ.get("MHP_EDGE_CACHE")
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".cache" / "mhp-edge"
+
+
+def find_cases(cases_dir: Path, *, exclude: Sequence[str] = ()) -> list[CaseFiles]:
+    """List the labelled cases in a folder, sorted by case id.
+
+    Parameters
+    ----------
+    cases_dir : Path
+        Folder with ``<case>_ct.nii.gz`` and ``<case>_label.nii.gz`` pairs.
+    exclude : sequence of str
+        Case ids to leave out.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder does not exist, a CT has no label, an excluded id is unknown, or no case
+        is left.
+    """
+    cases_dir = Path(cases_dir)
+    if not cases_dir.is_dir():
+        raise FileNotFoundError(
+            f"Cases folder {cases_dir} not found. Pass --cases or set MHP_EDGE_DATA to the "
+            "folder that contains cases/."
+        )
+
+    cases = []
+    for ct_path in sorted(cases_dir.glob("*_ct.nii.gz")):
+        case_id = ct_path.name[: -len("_ct.nii.gz")]
+        label_path = cases_dir / f"{case_id}_label.nii.gz"
+        if not label_path.is_file():
+            raise FileNotFoundError(f"Case {case_id}: label {label_path} not found.")
+        cases.append(CaseFiles(case_id, ct_path, label_path))
+
+    unknown = sorted(set(exclude) - {case.case_id for case in cases})
+    if unknown:
+        raise FileNotFoundError(
+            f"Excluded case(s) {unknown} not found in {cases_dir}; "
+            f"known cases are {[case.case_id for case in cases]}."
+        )
+    cases = [case for case in cases if case.case_id not in set(exclude)]
+    if not cases:
+        raise FileNotFoundError(f"No <case>_ct.nii.gz with a label left in {cases_dir}.")
+    return cases
+
+
+def read_case(case: CaseFiles) -> tuple[sitk.Image, sitk.Image]:
+    """Read a case and orient CT and label as ``clean_scan`` orients scans.
+
+    Returns
+    -------
+    scan : SimpleITK.Image
+        float32 HU from ``clean_scan``.
+    label : SimpleITK.Image
+        uint8 label on the same grid as ``scan``.
+    """
+    scan = clean_scan(read_image(case.ct_path)).image
+    label = sitk.DICOMOrient(
+        sitk.Cast(read_image(case.label_path), sitk.sitkUInt8),
+        mhp_edge.preprocess.CANONICAL_ORIENTATION,
+    )
+    if label.GetSize() != scan.GetSize():
+        raise ValueError(
+            f"Case {case.case_id}: label size {label.GetSize()} differs from CT size "
+            f"{scan.GetSize()}. CT and label must share one grid."
+        )
+    label.CopyInformation(scan)
+    return scan, label
+
+
+def resample_case(
+    scan: sitk.Image, label: sitk.Image, metadata: ModelMetadata
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a scan to the model spacing as the runtime does, and its label onto that grid.
+
+    Returns
+    -------
+    hu : ndarray of shape (Z, Y, X), float32
+        Linear interpolation, ``metadata.pad_hu`` outside the scan.
+    label : ndarray of shape (Z, Y, X), uint8
+        Nearest-neighbour interpolation.
+    """
+    resampled = resample_to_spacing(scan, metadata.spacing_zyx_mm, default_value=metadata.pad_hu)
+    resampled_label = resample_like(label, resampled, interpolator=sitk.sitkNearestNeighbor)
+    hu = sitk.GetArrayFromImage(resampled).astype(np.float32, copy=False)
+    return hu, sitk.GetArrayFromImage(resampled_label)
+
+
+def crop_to_liver(scan: sitk.Image, label: sitk.Image, margin_mm: float) -> tuple[sitk.Image, sitk.Image]:
+    """Crop scan and label to the reference liver's bounding box plus a margin, on the scan grid.
+
+    This is the runtime's tumour crop (``mhp_edge.pipeline``) with the reference liver in place
+    of the predicted one: the box is found at the scan's own spacing, and resampling to the
+    model spacing happens after cropping.
+    """
+    liver = sitk.GetArrayViewFromImage(label) > 0
+    box = bounding_box_with_margin(liver, image_spacing_zyx_mm(scan), margin_mm)
+    if box is None:
+        raise ValueError("the label has no liver voxels to crop to.")
+    z, y, x = box
+    return (
+        scan[x.start : x.stop, y.start : y.stop, z.start : z.stop],
+        label[x.start : x.stop, y.start : y.stop, z.start : z.stop],
+    )
+
+
+def prepare_case(case: CaseFiles, metadata: ModelMetadata, *, cache_dir: Path) -> PreparedCase:
+    """Preprocess one case for a model, from the cache when possible.
+
+    Liver models get the whole scan at the model spacing. Tumour models get the crop to the
+    reference liver's bounding box grown by ``metadata.roi_margin_mm``, resampled to the model
+    spacing, and the raw Hessian blob response (``hessian_input`` with response scale 1) of
+    that crop, as the runtime computes them.
+
+    Parameters
+    ----------
+    case : CaseFiles
+    metadata : ModelMetadata
+        Supplies the spacing, padding HU, margin and Hessian settings. Its response scale is
+        not used.
+    cache_dir : Path
+        Folder for the ``.npz`` cache, created if missing.
+    """
+    spacing = tuple(float(s) for s in metadata.spacing_zyx_mm)
+    cache_path = Path(cache_dir) / f"{case.case_id}-{metadata.task}-{_cache_key(case, metadata)}.npz"
+    if cache_path.is_file():
+        with np.load(cache_path) as stored:
+            response = stored["blob_response"] if "blob_response" in stored else None
+            logger.debug("Case %s loaded from cache %s", case.case_id, cache_path)
+            return PreparedCase(case.case_id, stored["hu"], stored["label"], response, spacing)
+
+    scan, label = read_case(case)
+    if metadata.task == "tumour":
+        try:
+            scan, label = crop_to_liver(scan, label, metadata.roi_margin_mm)
+        except ValueError as err:
+            raise ValueError(f"Case {case.case_id}: {err}") from err
+    hu, label_array = resample_case(scan, label, metadata)
+    arrays = {"hu": hu, "label": label_array}
+    if metadata.task == "tumour":
+        raw_spec = HessianSpec(metadata.hessian.scales_mm, metadata.hessian.hu_clip, 1.0)
+        arrays["blob_response"] = hessian_input(hu, spacing, raw_spec)
+
+    _save_atomic(cache_path, arrays)
+    logger.info("Case %s preprocessed for %s, shape %s, cached", case.case_id, metadata.task, hu.shape)
+    return PreparedCase(case.case_id, hu, label_array, arrays.get("blob_response"), spacing)
+
+
+def _cache_key(case: CaseFiles, metadata: ModelMetadata) -> str:
+    preprocessing_sources = [Path(mhp_edge.preprocess.__file__), Path(mhp_edge.hessian.__file__)]
+    settings = {
+        "format": CACHE_FORMAT,
+        "ct_sha256": sha256_of_file(case.ct_path),
+        "label_sha256": sha256_of_file(case.label_path),
+        "code_sha256": [sha256_of_file(path) for path in preprocessing_sources],
+        "task": metadata.task,
+        "spacing_zyx_mm": list(metadata.spacing_zyx_mm),
+        "pad_hu": metadata.pad_hu,
+    }
+    if metadata.task == "tumour":
+        settings["roi_margin_mm"] = metadata.roi_margin_mm
+        settings["hessian_scales_mm"] = list(metadata.hessian.scales_mm)
+        settings["hessian_hu_clip"] = list(metadata.hessian.hu_clip)
+    text = json.dumps(settings, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _save_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
+    os.close(handle)
+    try:
+        np.savez(temporary, **arrays)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def measure_response_scale(cases: Sequence[PreparedCase], *, percentile: float = 99.0) -> float:
+    """Measure the Hessian response scale: a percentile of |blob response| inside the liver.
+
+    Parameters
+    ----------
+    cases : sequence of PreparedCase
+        Tumour-model cases with ``blob_response``.
+    percentile : float
+        Percentile of the absolute response over the liver voxels (label > 0) of all cases.
+
+    Returns
+    -------
+    float
+        The percentile rounded to 2 significant digits, so the metadata shows a readable
+        number. Never below 1e-3.
+    """
+    inside = [np.abs(case.blob_response[case.label > 0]) for case in cases]
+    value = float(np.percentile(np.concatenate(inside), percentile))
+    if value <= 0:
+        raise ValueError(
+            f"The {percentile}th percentile of the blob response inside the liver is {value}; "
+            "check the labels and Hessian settings."
+        )
+    rounded = float(f"{value:.2g}")
+    return max(rounded, 1e-3)
+
+
+@dataclass(frozen=True)
+class PatchMix:
+    """Fractions of patches centred on a lesion, on the liver, or placed uniformly at random.
+
+    A lesion is one connected component of tumour voxels. Lesions are drawn with equal
+    probability whatever their size, so small tumours are seen as often as large ones. The
+    random fraction is ``1 - lesion - liver``.
+    """
+
+    lesion: float
+    liver: float
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Random changes applied to each patch.
+
+    Attributes
+    ----------
+    flip_axes : tuple of int
+        Array axes (0 = z, 1 = y, 2 = x) that are each flipped with probability 0.5.
+    hu_scale : tuple of 2 floats
+        Range of the factor a in ``hu * a + b``. The Hessian input is multiplied by a too,
+        because the blob response is linear in intensity inside the Hessian HU window.
+    hu_shift : tuple of 2 floats
+        Range of the offset b, in HU.
+    """
+
+    flip_axes: tuple[int, ...] = ()
+    hu_scale: tuple[float, float] = (1.0, 1.0)
+    hu_shift: tuple[float, float] = (0.0, 0.0)
+
+
+class PatchSampler:
+    """Draw training patches from prepared cases.
+
+    Parameters
+    ----------
+    cases : sequence of PreparedCase
+    metadata : ModelMetadata
+        Supplies the patch shape, HU normalisation, padding HU and (tumour models) the
+        Hessian response scale.
+    mix : PatchMix
+    augmentation : Augmentation
+    rng : numpy.random.Generator
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[PreparedCase],
+        metadata: ModelMetadata,
+        *,
+        mix: PatchMix,
+        augmentation: Augmentation,
+        rng: np.random.Generator,
+    ):
+        if not 0 <= mix.lesion + mix.liver <= 1:
+            raise ValueError(f"PatchMix fractions {mix} must sum to at most 1.")
+        self.metadata = metadata
+        self.patch_shape_vox = tuple(metadata.patch_shape_vox)
+        self.mix = mix
+        self.augmentation = augmentation
+        self.rng = rng
+        self.volumes = [self._padded(case) for case in cases]
+        self.liver_indices = [np.flatnonzero(volume["label"] > 0) for volume in self.volumes]
+        self.lesions = self._find_lesions()
+        logger.info("Sampling from %d cases with %d lesions", len(self.volumes), len(self.lesions))
+
+    def _padded(self, case: PreparedCase) -> dict[str, np.ndarray]:
+        # Volumes smaller than a patch are padded on both sides: CT with pad_hu, like the
+        # outside of the scan, and the Hessian input with 0, meaning "no blob".
+        missing = np.maximum(0, np.array(self.patch_shape_vox) - np.array(case.hu.shape))
+        widths = [(int(m) // 2, int(m) - int(m) // 2) for m in missing]
+        volume = {
+            "hu": np.pad(case.hu, widths, constant_values=self.metadata.pad_hu),
+            "label": np.pad(case.label, widths, constant_values=0),
+        }
+        if self.metadata.hessian is not None:
+            if case.blob_response is None:
+                raise ValueError(
+                    f"Case {case.case_id} has no blob response, but {self.metadata.name} takes a "
+                    "Hessian input. Prepare the case with the tumour model's metadata."
+                )
+            scaled = case.blob_response / np.float32(self.metadata.hessian.response_scale)
+            volume["hessian"] = np.pad(scaled, widths, constant_values=0)
+        return volume
+
+    def _find_lesions(self) -> list[tuple[int, np.ndarray]]:
+        lesions = []
+        for index, volume in enumerate(self.volumes):
+            components, count = ndimage.label(volume["label"] == TUMOUR_LABEL)
+            for component in range(1, count + 1):
+                lesions.append((index, np.flatnonzero(components == component)))
+        return lesions
+
+    def sample(self, batch_size: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """Draw a batch of patches.
+
+        Returns
+        -------
+        inputs : list of ndarray of shape (B, 1, Z, Y, X), float32
+            Normalised CT, then the scaled Hessian input for tumour models.
+        target : ndarray of shape (B, 1, Z, Y, X), float32
+            1 where the label is the model's foreground (liver and tumour for liver models,
+            tumour for tumour models), else 0.
+        """
+        patches = [self._sample_one() for _ in range(batch_size)]
+        input_count = len(patches[0][0])
+        inputs = [np.stack([p[0][i] for p in patches])[:, None] for i in range(input_count)]
+        target = np.stack([p[1] for p in patches])[:, None]
+        return inputs, target
+
+    def _sample_one(self) -> tuple[list[np.ndarray], np.ndarray]:
+        index, start = self._choose_patch()
+        volume = self.volumes[index]
+        window = tuple(slice(s, s + size) for s, size in zip(start, self.patch_shape_vox, strict=True))
+
+        scale = self.rng.uniform(*self.augmentation.hu_scale)
+        shift = self.rng.uniform(*self.augmentation.hu_shift)
+        inputs = [normalise_hu(volume["hu"][window] * np.float32(scale) + np.float32(shift), self.metadata)]
+        if "hessian" in volume:
+            inputs.append(volume["hessian"][window] * np.float32(scale))
+        label = volume["label"][window]
+        if self.metadata.task == "tumour":
+            target = (label == TUMOUR_LABEL).astype(np.float32)
+        else:
+            target = (label > 0).astype(np.float32)
+
+        for axis in self.augmentation.flip_axes:
+            if self.rng.random() < 0.5:
+                inputs = [np.flip(array, axis) for array in inputs]
+                target = np.flip(target, axis)
+        return [np.ascontiguousarray(a, dtype=np.float32) for a in inputs], np.ascontiguousarray(target)
+
+    def _choose_patch(self) -> tuple[int, tuple[int, int, int]]:
+        kind = self.rng.random()
+        if kind < self.mix.lesion and self.lesions:
+            index, flat = self.lesions[self.rng.integers(len(self.lesions))]
+            return index, self._start_around(index, flat)
+        if kind < self.mix.lesion + self.mix.liver:
+            index = int(self.rng.integers(len(self.volumes)))
+            if self.liver_indices[index].size:
+                return index, self._start_around(index, self.liver_indices[index])
+
+        index = int(self.rng.integers(len(self.volumes)))
+        shape = self.volumes[index]["hu"].shape
+        start = tuple(
+            int(self.rng.integers(0, n - size + 1))
+            for n, size in zip(shape, self.patch_shape_vox, strict=True)
+        )
+        return index, start
+
+    def _start_around(self, index: int, flat_indices: np.ndarray) -> tuple[int, int, int]:
+        # The patch centre is a random voxel of the region, moved by up to a quarter patch so
+        # the region is not always in the middle, then the patch is kept inside the volume.
+        shape = self.volumes[index]["hu"].shape
+        centre = np.unravel_index(flat_indices[self.rng.integers(flat_indices.size)], shape)
+        start = []
+        for axis, size in enumerate(self.patch_shape_vox):
+            offset = int(self.rng.integers(-(size // 4), size // 4 + 1))
+            first = int(centre[axis]) - size // 2 + offset
+            start.append(min(max(first, 0), shape[axis] - size))
+        return start[0], start[1], start[2]

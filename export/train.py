@@ -1,0 +1,490 @@
+"""Train the liver and tumour networks under a wall-time budget and export them to ONNX.
+
+Usage::
+
+    python -m export.train --out models/ [--cases DIR] [--task liver|tumour|both]
+        [--exclude CASE ...] [--seed 0] [--minutes M | --steps N] [--cache DIR] [--threads 2]
+
+Each model is trained from a fixed seed for a fixed wall time (or, with ``--steps``, a fixed
+number of optimiser steps), then exported with its metadata (``export.contract``) and a model
+card. Under a wall-time budget the number of steps, and so the weights, depend on the speed and
+load of the machine. The card records the steps taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from export.contract import (
+    INTENDED_USE,
+    LIVER_FILE_STEM,
+    TUMOUR_FILE_STEM,
+    licences_for,
+    liver_metadata,
+    tumour_metadata,
+)
+from export.data import (
+    REPO_ROOT,
+    Augmentation,
+    CaseFiles,
+    PatchMix,
+    PatchSampler,
+    default_cache_dir,
+    default_data_dir,
+    find_cases,
+    measure_response_scale,
+    prepare_case,
+)
+from export.networks import LiverNet, MHPNet, count_parameters, multiply_accumulates_per_voxel
+from export.onnx_export import export_onnx, write_card
+from mhp_edge.metadata import ModelMetadata
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("liver", "tumour")
+RESPONSE_PERCENTILE = 99.0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Settings of one model's training run.
+
+    Attributes
+    ----------
+    task : str
+        ``"liver"`` or ``"tumour"``.
+    file_stem : str
+        Output file name without ``.onnx``.
+    build_network : callable
+        Returns an untrained network.
+    architecture : str
+        One-line description for the model card.
+    default_minutes : float
+        Training wall time when ``--minutes`` is not given.
+    mix : PatchMix
+    augmentation : Augmentation
+    batch_size : int
+    learning_rate : float
+        Peak AdamW learning rate.
+    """
+
+    task: str
+    file_stem: str
+    build_network: Callable[[], nn.Module]
+    architecture: str
+    default_minutes: float
+    mix: PatchMix
+    augmentation: Augmentation
+    batch_size: int = 2
+    learning_rate: float = 3e-3
+
+
+RECIPES = {
+    "liver": Recipe(
+        task="liver",
+        file_stem=LIVER_FILE_STEM,
+        build_network=LiverNet,
+        architecture=(
+            "LiverNet: strided 3x3x3 conv stem (16 channels, stride 2), 3-level 3D U-Net of "
+            "16/32/64 channels at 8x6x6 mm and coarser, transposed-conv upsampling, concatenated "
+            "skips, instance norm, leaky ReLU, 1x1x1 conv to one logit, trilinear upsampling x2"
+        ),
+        default_minutes=2.0,
+        # No flips: the liver lies on the patient's right, and flipped anatomy would teach the
+        # network to accept a liver on either side.
+        mix=PatchMix(lesion=0.0, liver=0.6),
+        augmentation=Augmentation(hu_scale=(0.95, 1.05), hu_shift=(-20.0, 20.0)),
+        batch_size=4,
+    ),
+    "tumour": Recipe(
+        task="tumour",
+        file_stem=TUMOUR_FILE_STEM,
+        build_network=MHPNet,
+        architecture=(
+            "MHPNet: two stems (3x3x3 conv, 8 channels each) on the CT and on its multi-scale "
+            "Hessian blob response, concatenated, then a 3-level 3D U-Net of 16/32/64 channels "
+            "(strides 1x2x2 then 2x2x2), transposed-conv upsampling, concatenated skips, "
+            "instance norm, leaky ReLU, 1x1x1 conv to one logit"
+        ),
+        default_minutes=4.0,
+        mix=PatchMix(lesion=0.5, liver=0.3),
+        augmentation=Augmentation(flip_axes=(0, 1, 2), hu_scale=(0.9, 1.1), hu_shift=(-20.0, 20.0)),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long to train: a wall time in seconds or a number of optimiser steps, not both.
+
+    A wall-time budget keeps training time fixed, so the step count depends on the speed and
+    load of the machine. A step budget makes two runs with one seed take the same steps on
+    any machine, so it suits comparisons such as leave-one-case-out.
+    """
+
+    seconds: float | None = None
+    steps: int | None = None
+
+    def __post_init__(self):
+        if (self.seconds is None) == (self.steps is None):
+            raise ValueError(f"Give exactly one of seconds and steps, got {self}.")
+        if (self.seconds is not None and self.seconds <= 0) or (self.steps is not None and self.steps < 1):
+            raise ValueError(f"Budget must be positive, got {self}.")
+
+    def fraction(self, step: int, elapsed_s: float) -> float:
+        """Return the fraction of the budget used after ``step`` steps and ``elapsed_s`` seconds."""
+        if self.steps is not None:
+            return step / self.steps
+        return elapsed_s / self.seconds
+
+    def describe(self) -> str:
+        """Return the budget as text, such as ``"240 s"`` or ``"466 steps"``."""
+        return f"{self.steps} steps" if self.steps is not None else f"{self.seconds:g} s"
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """Outcome of one training run: steps taken, wall time in seconds, final loss."""
+
+    steps: int
+    wall_time_s: float
+    final_loss: float
+
+
+def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Compute binary cross-entropy plus soft Dice loss over the whole batch.
+
+    The Dice term is pooled over all patches of the batch, so a batch that happens to hold
+    no foreground still gives a defined loss, and small tumours weigh as much as their overlap.
+
+    Parameters
+    ----------
+    logits, target : Tensor of shape (N, 1, Z, Y, X), float32
+        Network output and 0/1 target.
+    """
+    cross_entropy = F.binary_cross_entropy_with_logits(logits, target)
+    probability = torch.sigmoid(logits)
+    overlap = (probability * target).sum()
+    dice = (2 * overlap + 1) / (probability.sum() + target.sum() + 1)
+    return cross_entropy + (1 - dice)
+
+
+def learning_rate_at(fraction: float, peak: float) -> float:
+    """Return the learning rate at a fraction of the time budget.
+
+    Linear warm-up from 10 % to 100 % of ``peak`` over the first 5 % of the budget, then a
+    cosine decay to 2 % of ``peak`` at the end.
+    """
+    fraction = min(max(fraction, 0.0), 1.0)
+    warmup = 0.05
+    if fraction < warmup:
+        return peak * (0.1 + 0.9 * fraction / warmup)
+    progress = (fraction - warmup) / (1 - warmup)
+    return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def fit(
+    network: nn.Module,
+    sampler: PatchSampler,
+    *,
+    budget: Budget,
+    batch_size: int,
+    learning_rate: float,
+    label: str,
+) -> TrainingRecord:
+    """Train a network on sampled patches until the budget is spent.
+
+    At least one step is taken. Progress is printed about every 15 s.
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+    sampler : PatchSampler
+    budget : Budget
+        Wall time or step count. The learning-rate schedule follows the fraction used.
+    batch_size : int
+    learning_rate : float
+        Peak AdamW learning rate.
+    label : str
+        Prefix of the progress lines.
+    """
+    optimiser = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
+    network.train()
+    recent_losses: list[float] = []
+    start = time.monotonic()
+    last_report = start
+    step = 0
+
+    while step == 0 or budget.fraction(step, time.monotonic() - start) < 1:
+        fraction = budget.fraction(step, time.monotonic() - start)
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate_at(fraction, learning_rate)
+
+        inputs, target = sampler.sample(batch_size)
+        logits = network(*(torch.from_numpy(array) for array in inputs))
+        loss = dice_bce_loss(logits, torch.from_numpy(target))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(network.parameters(), max_norm=5.0)
+        optimiser.step()
+
+        step += 1
+        recent_losses = (recent_losses + [loss.item()])[-20:]
+        now = time.monotonic()
+        if now - last_report >= 15:
+            print(
+                f"[{label}] step {step:5d}  {now - start:6.1f} s  of {budget.describe()}  "
+                f"loss {np.mean(recent_losses):.4f}  lr {optimiser.param_groups[0]['lr']:.2e}",
+                flush=True,
+            )
+            last_report = now
+
+    network.eval()
+    wall_time_s = time.monotonic() - start
+    return TrainingRecord(step, wall_time_s, float(np.mean(recent_losses)))
+
+
+def export_commit() -> dict[str, Any]:
+    """Return the git commit of the repository and whether export/ or mhp_edge/ has changes.
+
+    The commit is ``"uncommitted"`` when the repository has no commit or git is unavailable.
+    """
+
+    def git(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["git", "-C", str(REPO_ROOT), *arguments], capture_output=True, text=True, check=False
+        )
+
+    try:
+        head = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--", "export", "mhp_edge")
+    except OSError:
+        return {"export_commit": "uncommitted", "export_tree_dirty": True}
+    commit = head.stdout.strip() if head.returncode == 0 else "uncommitted"
+    dirty = status.returncode != 0 or bool(status.stdout.strip())
+    return {"export_commit": commit, "export_tree_dirty": dirty}
+
+
+def base_provenance(case_ids: list[str], seed: int) -> dict[str, Any]:
+    """Collect the provenance fields known before training."""
+    return {
+        "training_cases": case_ids,
+        "seed": seed,
+        **export_commit(),
+        "torch_version": torch.__version__,
+        "onnx_version": onnx.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def build_metadata(recipe: Recipe, cases: Sequence[CaseFiles], cache_dir: Path) -> tuple[ModelMetadata, list]:
+    """Preprocess the cases for a recipe and build the metadata that training uses.
+
+    For the tumour model the Hessian response scale is measured on these cases first.
+
+    Returns
+    -------
+    metadata : ModelMetadata
+        With empty provenance.
+    prepared : list of PreparedCase
+    """
+    if recipe.task == "liver":
+        metadata = liver_metadata({})
+        return metadata, [prepare_case(case, metadata, cache_dir=cache_dir) for case in cases]
+
+    unscaled = tumour_metadata({}, response_scale=1.0)
+    prepared = [prepare_case(case, unscaled, cache_dir=cache_dir) for case in cases]
+    scale = measure_response_scale(prepared, percentile=RESPONSE_PERCENTILE)
+    logger.info("Hessian response scale: %.3g (%gth percentile in the liver)", scale, RESPONSE_PERCENTILE)
+    return tumour_metadata({}, response_scale=scale), prepared
+
+
+def train_and_export(
+    recipe: Recipe,
+    cases: Sequence[CaseFiles],
+    *,
+    out_dir: Path,
+    cache_dir: Path,
+    seed: int,
+    budget: Budget,
+) -> Path:
+    """Train one model from a fixed seed, export it to ``out_dir`` and write its card.
+
+    Returns
+    -------
+    Path
+        The exported ``.onnx`` file.
+    """
+    case_ids = [case.case_id for case in cases]
+    provenance = base_provenance(case_ids, seed)
+    prepare_start = time.monotonic()
+    metadata, prepared = build_metadata(recipe, cases, cache_dir)
+    preprocessing_s = time.monotonic() - prepare_start
+    print(f"[{recipe.task}] {len(prepared)} cases ready in {preprocessing_s:.1f} s", flush=True)
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    sampler = PatchSampler(prepared, metadata, mix=recipe.mix, augmentation=recipe.augmentation, rng=rng)
+    network = recipe.build_network()
+    record = fit(
+        network,
+        sampler,
+        budget=budget,
+        batch_size=recipe.batch_size,
+        learning_rate=recipe.learning_rate,
+        label=recipe.task,
+    )
+    print(
+        f"[{recipe.task}] trained {record.steps} steps in {record.wall_time_s:.1f} s, "
+        f"final loss {record.final_loss:.4f}",
+        flush=True,
+    )
+
+    provenance.update(
+        training_budget=budget.describe(),
+        training_wall_time_s=round(record.wall_time_s, 1),
+        preprocessing_wall_time_s=round(preprocessing_s, 1),
+        training_steps=record.steps,
+        batch_size=recipe.batch_size,
+        final_training_loss=round(record.final_loss, 4),
+        threads=torch.get_num_threads(),
+    )
+    if metadata.hessian is not None:
+        provenance["hessian_response_scale_rule"] = (
+            f"{RESPONSE_PERCENTILE:g}th percentile of |blob response| inside the reference "
+            "liver of the training cases, 2 significant digits"
+        )
+    metadata = replace(metadata, provenance=provenance)
+
+    model_path = Path(out_dir) / f"{recipe.file_stem}.onnx"
+    export_onnx(network, metadata, model_path)
+    write_card(
+        model_path,
+        metadata,
+        architecture=describe(recipe, network, metadata),
+        parameters=count_parameters(network),
+        training_cases=case_ids,
+        licences=licences_for(case_ids),
+        intended_use=INTENDED_USE,
+    )
+    print(f"[{recipe.task}] wrote {model_path}", flush=True)
+    return model_path
+
+
+def describe(recipe: Recipe, network: nn.Module, metadata: ModelMetadata) -> str:
+    """Return the card's architecture text with parameter and multiply-accumulate counts."""
+    example = [torch.zeros(1, 1, *metadata.patch_shape_vox) for _ in metadata.input_names]
+    macs = multiply_accumulates_per_voxel(network, *example)
+    return (
+        f"{recipe.architecture}. {count_parameters(network):,} parameters, "
+        f"{macs / 1000:.1f} k convolution multiply-accumulates per voxel."
+    )
+
+
+def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line of ``python -m export.train``."""
+    parser = argparse.ArgumentParser(prog="python -m export.train", description=__doc__.split("\n\n")[0])
+
+    parser.add_argument(
+        "--cases",
+        type=Path,
+        default=None,
+        help="folder of <case>_ct.nii.gz and <case>_label.nii.gz files "
+        "(default: $MHP_EDGE_DATA/cases, else ../shared/data/cases beside the repo)",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder for .onnx and cards")
+    parser.add_argument("--task", choices=(*TASKS, "both"), default="both", help="model(s) to train")
+    parser.add_argument("--exclude", nargs="*", default=[], metavar="CASE", help="case ids to leave out")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights and patch sampling")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="training wall time per model in minutes (default: 2 for liver, 4 for tumour)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="train each model for this many optimiser steps instead of a wall time",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="cache folder for preprocessed cases (default: $MHP_EDGE_CACHE, else ~/.cache/mhp-edge)",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+
+    arguments = parser.parse_args(argv)
+    if arguments.minutes is not None and arguments.minutes <= 0:
+        parser.error(f"--minutes must be > 0, got {arguments.minutes}")
+    if arguments.steps is not None and arguments.steps < 1:
+        parser.error(f"--steps must be >= 1, got {arguments.steps}")
+    if arguments.steps is not None and arguments.minutes is not None:
+        parser.error("give --minutes or --steps, not both")
+    if arguments.threads < 1:
+        parser.error(f"--threads must be >= 1, got {arguments.threads}")
+    return arguments
+
+
+def configure_logging() -> None:
+    """Log INFO from mhp-edge and this package, and only warnings from torch and onnxscript."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("export", "mhp_edge", "__main__"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    configure_logging()
+    torch.set_num_threads(arguments.threads)
+
+    cases_dir = arguments.cases or default_data_dir() / "cases"
+    cache_dir = arguments.cache or default_cache_dir()
+    try:
+        cases = find_cases(cases_dir, exclude=arguments.exclude)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"Training on {len(cases)} cases: {', '.join(case.case_id for case in cases)}", flush=True)
+
+    tasks = TASKS if arguments.task == "both" else (arguments.task,)
+    total_start = time.monotonic()
+    for task in tasks:
+        recipe = RECIPES[task]
+        if arguments.steps is not None:
+            budget = Budget(steps=arguments.steps)
+        else:
+            minutes = arguments.minutes if arguments.minutes is not None else recipe.default_minutes
+            budget = Budget(seconds=minutes * 60)
+        train_and_export(
+            recipe,
+            cases,
+            out_dir=arguments.out,
+            cache_dir=cache_dir,
+            seed=arguments.seed,
+            budget=budget,
+        )
+    print(f"Done in {time.monotonic() - total_start:.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
