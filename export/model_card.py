@@ -33,6 +33,8 @@ def _spread(summary: dict[str, Any], key: str) -> str:
     value = summary.get(key)
     if isinstance(value, dict) and "mean" in value:
         return f"{_number(value['mean'])} ± {_number(value.get('sd'))} (n = {value.get('n', '?')})"
+    if isinstance(value, dict) and "detected" in value:
+        return f"{value['detected']} of {value['lesions']} lesions ({_number(value.get('recall'), 2)})"
     return _number(value)
 
 
@@ -79,10 +81,20 @@ def render_accuracy(loco: dict[str, Any] | None) -> list[str]:
         "## Accuracy (leave-one-case-out)",
         "",
         "Each case was segmented by models trained on the other cases with the same recipe and",
-        "time budget; no number here comes from a case the model was trained on.",
+        "budget; no number here comes from a case the model was trained on.",
         f"Command: `{loco.get('command')}` ({loco.get('date')}).",
+        *(
+            []
+            if loco.get("complete")
+            else [
+                "",
+                f"**Incomplete run:** only {', '.join(c['case'] for c in loco.get('cases', []))} were "
+                "held out so far; the other cases are not in these numbers.",
+            ]
+        ),
         "",
-        "| measure | mean ± sd |",
+        "| measure (model_liver: liver from the liver model; reference_liver: reference liver mask) "
+        "| mean ± sd over cases |",
         "|---|---|",
     ]
     for key in summary:
