@@ -136,7 +136,7 @@ def collect_scans(source: Path) -> list[Path] | None:
     """Return the scans of a batch, or None when ``source`` is one scan.
 
     A ``.txt`` file lists one scan per line (blank lines and ``#`` comments are ignored; relative
-    paths are relative to the list). A folder that holds image files (.nii, .nii.gz, .nrrd, .mha,
+    paths are relative to the list). A folder that contains image files (.nii, .nii.gz, .nrrd, .mha,
     .mhd) is a batch of those files. Any other folder is one DICOM study.
     """
     from mhp_edge.io import image_suffix
@@ -153,7 +153,7 @@ def collect_scans(source: Path) -> list[Path] | None:
         images = sorted(p for p in source.iterdir() if p.is_file() and image_suffix(p))
         if images and any(_is_dicom_file(p) for p in source.iterdir() if p.is_file() and not image_suffix(p)):
             raise ConfigurationError(
-                f"{source}: holds both image files ({images[0].name}, ...) and DICOM files, so it "
+                f"{source}: contains both image files ({images[0].name}, ...) and DICOM files, so it "
                 "is unclear what to segment. Move the DICOM series or the image files to a folder "
                 "of their own."
             )
@@ -184,7 +184,7 @@ def _check_batch(scans: list[Path], output: Path) -> None:
     folders = {scan.parent.resolve() for scan in scans}
     if output.resolve() in folders:
         raise ConfigurationError(
-            f"the output folder {output} holds scans of this batch, so a later run would take the "
+            f"the output folder {output} contains scans of this batch, so a later run would take the "
             "masks for scans. Choose another output folder."
         )
 

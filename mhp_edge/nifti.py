@@ -2,7 +2,7 @@
 
 ITK's NIfTI reader fills a truncated file with zeros and reads NaN and infinite voxels as 0, which
 is soft tissue in HU. ``inspect_nifti`` streams the file once (decompressing ``.nii.gz``), checks
-that the gzip stream is complete and that the voxel data is as long as the header says, and
+that the gzip stream is complete and that the voxel data is as long as the header declares, and
 returns the flat indices of non-finite voxels so that the caller can restore them.
 """
 
@@ -25,7 +25,7 @@ _FLOAT_DATATYPES = {16: np.float32, 64: np.float64}
 
 @dataclass(frozen=True)
 class NiftiInspection:
-    """What streaming a NIfTI file found.
+    """Findings of one pass over a NIfTI file.
 
     Attributes
     ----------

@@ -1,7 +1,7 @@
 """Lesion measurements and the per-scan report, in the scan's physical space.
 
-Diameters follow RECIST practice: on each axial slice the longest diameter of the lesion's cross
-section is measured, the slice with the largest one is kept, and the perpendicular diameter is the
+Diameters follow RECIST practice. The longest diameter of the lesion's cross section is measured
+on each axial slice, and the slice with the largest one is kept. The perpendicular diameter is the
 lesion's width at right angles to it on that slice. Axial means the slices of the scan turned to
 LPS, so an oblique or coronal acquisition is measured in true axial planes of its voxel grid.
 """

@@ -167,14 +167,14 @@ def test_batch_with_same_names_rejected(tmp_path, models_dir):
 def test_batch_into_its_own_folder_rejected(tmp_path, scan, models_dir):
     result = segment(scan.parent, "-o", scan.parent, "--models", models_dir)
     assert result.exit_code == 2
-    assert "holds scans of this batch" in result.output
+    assert "contains scans of this batch" in result.output
 
 
 def test_folder_with_images_and_dicom_rejected(tmp_path, scan, models_dir):
     (scan.parent / "slice.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
     result = segment(scan.parent, "-o", tmp_path / "out", "--models", models_dir)
     assert result.exit_code == 2
-    assert "both image files" in result.output
+    assert "contains both image files" in result.output
 
 
 def test_mask_name_shadowing_scan_rejected(scan, models_dir):
