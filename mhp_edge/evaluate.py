@@ -7,6 +7,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from mhp_edge.errors import InputImageError
+from mhp_edge.io import same_grid
 from mhp_edge.report import TUMOUR_LABEL
 
 # Lesions are split at this equal-volume diameter for recall, a common cut between small lesions
@@ -45,13 +46,7 @@ def evaluate_masks(prediction: sitk.Image, reference: sitk.Image) -> dict:
     InputImageError
         If the two images do not share a grid.
     """
-    same_grid = (
-        prediction.GetSize() == reference.GetSize()
-        and np.allclose(prediction.GetSpacing(), reference.GetSpacing(), rtol=1e-4)
-        and np.allclose(prediction.GetOrigin(), reference.GetOrigin(), atol=1e-2)
-        and np.allclose(prediction.GetDirection(), reference.GetDirection(), atol=1e-4)
-    )
-    if not same_grid:
+    if not same_grid(prediction, reference):
         raise InputImageError(
             f"prediction grid (size {prediction.GetSize()}, origin {prediction.GetOrigin()}) differs "
             f"from the reference grid (size {reference.GetSize()}, origin {reference.GetOrigin()}); "

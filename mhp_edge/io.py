@@ -91,6 +91,20 @@ def _restore_non_finite(image: sitk.Image, flat_indices: np.ndarray) -> sitk.Ima
     return restored
 
 
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    """Return True when two images share size, spacing, origin and direction.
+
+    Tolerances absorb the float32 rounding of file headers: 1e-4 relative on spacing, 0.01 mm on
+    the origin and 1e-4 on direction cosines.
+    """
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-4)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-2)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4)
+    )
+
+
 def _check_volume(image: sitk.Image, path: Path) -> None:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputImageError(

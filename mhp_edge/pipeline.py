@@ -19,6 +19,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from mhp_edge.errors import ConfigurationError, InputImageError
+from mhp_edge.io import same_grid
 from mhp_edge.model import LoadedModel, available_cpu_count, load_model
 from mhp_edge.plausibility import (
     anatomy_warnings,
@@ -422,7 +423,7 @@ def _touches_edge(mask: np.ndarray) -> bool:
 
 
 def _oriented_liver_mask(liver_mask: sitk.Image, image: sitk.Image) -> np.ndarray:
-    if liver_mask.GetSize() != image.GetSize() or not _same_geometry(liver_mask, image):
+    if not same_grid(liver_mask, image):
         raise InputImageError(
             f"liver mask grid (size {liver_mask.GetSize()}, spacing "
             f"{tuple(round(s, 4) for s in liver_mask.GetSpacing())}, origin "
@@ -441,14 +442,6 @@ def _oriented_liver_mask(liver_mask: sitk.Image, image: sitk.Image) -> np.ndarra
     binary.CopyInformation(image)
     oriented = sitk.DICOMOrient(binary, "LPS")
     return sitk.GetArrayFromImage(oriented).astype(bool)
-
-
-def _same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> bool:
-    return (
-        np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=tolerance, atol=tolerance)
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=tolerance, atol=1e-2)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tolerance)
-    )
 
 
 def _to_input_grid(labels: np.ndarray, scan: sitk.Image, image: sitk.Image) -> sitk.Image:

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from mhp_edge import __version__
 from mhp_edge.errors import InputImageError, OutputError
-from mhp_edge.io import write_atomically
+from mhp_edge.io import same_grid, write_atomically
 from mhp_edge.report import LIVER_LABEL, TUMOUR_LABEL, Lesion
 
 logger = logging.getLogger(__name__)
@@ -129,13 +129,7 @@ def _check_destination(path: Path, *, overwrite: bool) -> None:
 
 
 def _check_same_grid(scan: sitk.Image, labels: sitk.Image) -> None:
-    same = (
-        scan.GetSize() == labels.GetSize()
-        and np.allclose(scan.GetSpacing(), labels.GetSpacing(), rtol=1e-4)
-        and np.allclose(scan.GetOrigin(), labels.GetOrigin(), atol=1e-3)
-        and np.allclose(scan.GetDirection(), labels.GetDirection(), atol=1e-4)
-    )
-    if not same:
+    if not same_grid(scan, labels):
         raise InputImageError(
             f"The label image (size {labels.GetSize()}, spacing {labels.GetSpacing()}) is not on the "
             f"scan's grid (size {scan.GetSize()}, spacing {scan.GetSpacing()}). Pass the mask that was "
