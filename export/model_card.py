@@ -99,7 +99,21 @@ def render_accuracy(loco: dict[str, Any] | None) -> list[str]:
     ]
     for key in summary:
         lines.append(f"| {key.replace('_', ' ')} | {_spread(summary, key)} |")
-    lines += ["", "Per-case numbers: `benchmarks/results/loco.md`.", ""]
+    lines += [
+        "",
+        "| held-out case | lesions | liver Dice | tumour Dice (liver model) | tumour Dice (reference "
+        "liver) | lesions found | false-positive lesions |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for case in loco.get("cases", []):
+        model, reference = case.get("model_liver", {}), case.get("reference_liver", {})
+        found = sum(lesion["detected"] for lesion in model.get("lesions", []))
+        lines.append(
+            f"| {case['case']} | {case.get('reference_lesions')} | {_number(case.get('liver_dice'))} | "
+            f"{_number(model.get('tumour_dice'))} | {_number(reference.get('tumour_dice'))} | "
+            f"{found} | {model.get('false_positive_lesions')} |"
+        )
+    lines += ["", "More detail per lesion: `benchmarks/results/loco.md`.", ""]
     return lines
 
 
