@@ -4,7 +4,7 @@ Usage::
 
     python -m export.model_card [--models models] [--loco benchmarks/results/loco.json]
 
-The JSON cards beside the ONNX files are the source of truth (the runtime reads them); this page
+The runtime reads the JSON cards beside the ONNX files, so they are the source of truth. This page
 is their human-readable form and is rewritten whole.
 """
 
