@@ -174,3 +174,20 @@ def test_empty_liver_mask_warns(segmenter):
     empty.CopyInformation(phantom)
     result = segmenter.segment(phantom, liver_mask=empty)
     assert any("given liver mask covers 0 mL" in warning for warning in result.warnings)
+
+
+@pytest.mark.parametrize("pixel_type", [sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkUInt32])
+def test_other_integer_types_give_defined_result(segmenter, pixel_type):
+    # These types cannot hold CT in HU (air is -1000): the result must still be a clean mask.
+    phantom = sitk.Cast(sitk.Clamp(liver_phantom(), lowerBound=0, upperBound=120), pixel_type)
+    result = segmenter.segment(phantom)
+    assert result.mask.GetPixelID() == sitk.sitkUInt8
+    assert result.mask.GetSize() == phantom.GetSize()
+    assert any("do not look like CT in HU" in warning for warning in result.warnings)
+
+
+def test_scan_of_1000_slices_runs(segmenter):
+    phantom = liver_phantom(shape_zyx=(1000, 40, 48), spacing_zyx_mm=(0.8, 3.0, 3.0))
+    result = segmenter.segment(phantom)
+    assert result.mask.GetSize() == phantom.GetSize()
+    assert result.liver_volume_ml > 0
