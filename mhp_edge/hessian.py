@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 _HESSIAN_ORDERS = ((2, 0, 0), (0, 2, 0), (0, 0, 2), (1, 1, 0), (1, 0, 1), (0, 1, 1))
 
 # A scale is computed on a grid subsampled by an integer factor per axis, as long as at least this
-# many coarse voxels per standard deviation remain; the blur that prepares the subsampling is one
+# many coarse voxels per standard deviation remain. The blur that prepares the subsampling is one
 # coarse voxel wide, so the coarse grid does not alias.
 _PYRAMID_MIN_SIGMA_VOX = 4.0
 _MIN_SIGMA_VOX = 0.3
@@ -212,8 +212,9 @@ def multiscale_blob_response(
     scales_mm : sequence of floats
         Gaussian standard deviations in mm.
     pyramid : bool
-        Compute large scales on subsampled grids and interpolate their response back (several
-        times faster; within a few per cent of the full-resolution result, see the tests).
+        Compute large scales on subsampled grids and interpolate their Hessian entries back. On a
+        liver crop this took about half the time and stayed within 2.3 % of the full-resolution
+        response at the 99th percentile; the tests bound the difference.
 
     Returns
     -------

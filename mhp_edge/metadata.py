@@ -3,7 +3,7 @@
 Every constant that turns a scan into network input, and network output into a mask, is read
 from here. The metadata is a JSON document stored in the ONNX file's ``metadata_props`` under
 ``METADATA_KEY``. A card file beside the model (``<stem>.card.json``) records the model's sha256
-and its provenance and accuracy; the runtime checks the sha256 before it builds a session.
+and its provenance and accuracy. The runtime checks the sha256 before it builds a session.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class ModelMetadata:
     hu_mean, hu_std : float
         Normalisation: ``(clip(hu) - hu_mean) / hu_std``.
     pad_hu : float
-        HU value used wherever the model sees outside the scan.
+        HU value used for padding outside the scan.
     overlap : float
         Fraction of the patch shared by neighbouring windows, in [0, 1).
     threshold : float
