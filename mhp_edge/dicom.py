@@ -4,7 +4,7 @@ A folder may hold several series (phases), localizer images inside a series, dup
 missing slices, slice positions with rounding jitter, unsigned pixel data with a negative rescale
 intercept and padding values outside the scan circle. The rules, in order:
 
-1. Every file below the folder is read with pydicom; files that are not DICOM images with a
+1. Every file below the folder is read with pydicom. Files that are not DICOM images with a
    position, orientation and pixel spacing (SEG, SR, presentation states) are passed over.
 2. Images are grouped into stacks by series UID, orientation and matrix size. A localizer in an
    axial series becomes a stack of its own and is dropped as too small.

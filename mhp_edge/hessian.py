@@ -214,7 +214,7 @@ def multiscale_blob_response(
     pyramid : bool
         Compute large scales on subsampled grids and interpolate their Hessian entries back. On a
         liver crop this took about half the time and stayed within 2.3 % of the full-resolution
-        response at the 99th percentile; the tests bound the difference.
+        response at the 99th percentile. The tests bound the difference.
 
     Returns
     -------

@@ -1,9 +1,10 @@
 """Checks on NIfTI-1 files that ITK's reader does not make.
 
 ITK's NIfTI reader fills a truncated file with zeros and reads NaN and infinite voxels as 0, which
-is soft tissue in HU. ``inspect_nifti`` streams the file once (decompressing ``.nii.gz``), checks
-that the gzip stream is complete and that the voxel data is as long as the header declares, and
-returns the flat indices of non-finite voxels so that the caller can restore them.
+is soft tissue in HU. ``inspect_nifti`` streams the file once, decompressing ``.nii.gz``. It
+checks that the gzip stream is complete and that the voxel data is as long as the header
+declares. It also returns the flat indices of non-finite voxels, so that the caller can restore
+them.
 """
 
 from __future__ import annotations

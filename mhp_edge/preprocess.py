@@ -1,7 +1,7 @@
 """Turn a CT scan into model input: orientation, HU clean-up, resampling, normalisation, crops.
 
-The runtime and the training code in ``export/`` call the same functions, so a model sees at
-inference exactly what it saw in training. Every constant comes from the model's metadata.
+The runtime and the training code in ``export/`` call the same functions, so a model gets at
+inference exactly the input it was trained on. Every constant comes from the model's metadata.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from mhp_edge.metadata import HessianSpec, ModelMetadata
 
 logger = logging.getLogger(__name__)
 
-# Orientation every scan is turned to before any model sees it: array axes (z, y, x) run to
+# Orientation every scan is turned to before it reaches a model: array axes (z, y, x) run to
 # superior, posterior and the patient's left, as in an axial DICOM series.
 CANONICAL_ORIENTATION = "LPS"
 

@@ -54,7 +54,7 @@ def test_eigenvalues_of_identity_multiple():
 @pytest.mark.parametrize("sigma_mm", SCALES_MM)
 def test_blob_peaks_at_matching_scale(sigma_mm):
     # For a Gaussian blob of standard deviation s, the sigma**2-normalised second derivative at its
-    # centre peaks at sigma = s * sqrt(2 / 3), so this blob should answer most at sigma_mm.
+    # centre peaks at sigma = s * sqrt(2 / 3), so this blob should respond most at sigma_mm.
     blob = gaussian_blob(std_mm=sigma_mm * np.sqrt(1.5))
     responses = [centre_response(blob, (1.0, 1.0, 1.0), scale) for scale in SCALES_MM]
     assert SCALES_MM[int(np.argmax(responses))] == sigma_mm

@@ -1,7 +1,7 @@
 """End-to-end runs with the shipped models: the demo scan, a labelled case, repeatability.
 
 The shipped models were trained on every labelled case, so Dice on a labelled case here guards
-against regressions (a broken pipeline scores near 0); it is not an accuracy estimate. The
+against regressions, because a broken pipeline scores near 0. It is not an accuracy estimate. The
 leave-one-case-out accuracy is in models/MODEL_CARD.md.
 """
 
