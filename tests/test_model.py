@@ -1,6 +1,8 @@
 """Model loading: the card checksum, the metadata contract and the graph checks."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -125,3 +127,26 @@ def test_runtime_never_imports_torch():
         "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_loading_a_model_sends_nothing(tmp_path):
+    # strace records every socket call of a fresh interpreter that loads a model and runs it,
+    # without ORT_DISABLE_TELEMETRY in its environment (mhp_edge sets it); none may be made.
+    path = write_linear_model(tmp_path, "tumour.onnx", make_metadata("tumour"))
+    code = (
+        "import numpy as np; from mhp_edge.model import load_model; "
+        f"m = load_model({str(path)!r}, threads=1); "
+        "m.predict([np.ones((1, 1, 8, 16, 16), np.float32)] * 2)"
+    )
+    environment = {key: value for key, value in os.environ.items() if key != "ORT_DISABLE_TELEMETRY"}
+    trace = tmp_path / "trace.txt"
+
+    subprocess.run(
+        ["strace", "-f", "-e", "trace=%network", "-o", str(trace), sys.executable, "-c", code],
+        check=True,
+        env=environment,
+    )
+
+    calls = [line for line in trace.read_text().splitlines() if "socket(" in line or "connect(" in line]
+    assert calls == [], calls
