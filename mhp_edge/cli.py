@@ -92,8 +92,8 @@ def _fail(err: Exception) -> typer.Exit:
 
 
 @dataclass(frozen=True)
-class _Outputs:
-    """Files written for one scan."""
+class ScanOutputs:
+    """Paths of the files written for one scan."""
 
     mask: Path
     report: Path
@@ -112,9 +112,10 @@ def scan_stem(scan: Path) -> str:
     return scan.name[: -len(suffix)] if suffix else scan.name
 
 
-def _outputs_for(
+def outputs_for(
     scan: Path, output: Path, *, preview: bool, mask_file: bool, dicom_seg: bool = False
-) -> _Outputs:
+) -> ScanOutputs:
+    """Name the outputs of ``scan`` in the folder ``output``, or beside the mask file ``output``."""
     from mhp_edge.io import image_suffix
 
     if mask_file:
@@ -124,7 +125,7 @@ def _outputs_for(
         stem = scan_stem(scan)
         mask_name = f"{stem}_seg.dcm" if dicom_seg else f"{stem}_mask.nii.gz"
         mask, folder = output / mask_name, output
-    return _Outputs(
+    return ScanOutputs(
         mask=mask,
         report=folder / f"{stem}_report.json",
         lesions_csv=folder / f"{stem}_lesions.csv",
@@ -213,7 +214,12 @@ def segment(
     ] = None,
     threads: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option("--threads", min=1, help="CPU threads (default: the CPUs this process may use)."),
+        typer.Option(
+            "--threads",
+            min=1,
+            help="CPU threads (default: the CPUs this process may use). With --scheduler: ONNX "
+            "Runtime threads of each worker (default: the worker's --nthreads).",
+        ),
     ] = None,
     models: Annotated[
         Optional[Path],  # noqa: UP045
@@ -238,10 +244,25 @@ def segment(
             "Segmentation referencing the source series; needs a DICOM folder as input).",
         ),
     ] = "nifti",
+    scheduler: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--scheduler",
+            help="Dask scheduler address (tcp://HOST:PORT): run a batch on that cluster, one task per "
+            "scan. Scans, output folder and --models must be at the same paths on every worker.",
+        ),
+    ] = None,
+    manifest: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--manifest",
+            help="With --scheduler: JSON lines file of each scan's status, times, models and output "
+            "sha256 (default: OUT/mhp_edge_manifest.jsonl).",
+        ),
+    ] = None,
 ) -> None:
     """Segment liver (label 1) and liver tumours (label 2) in one CT scan or a batch of scans."""
     from mhp_edge.io import image_suffix
-    from mhp_edge.pipeline import Segmenter
 
     try:
         if output_format not in ("nifti", "dicom-seg"):
@@ -262,6 +283,35 @@ def segment(
                 "a batch takes an output folder and no --liver-mask; segment scans one by one to "
                 "give each its own liver mask or mask file name."
             )
+        if scheduler is not None and batch is None:
+            raise ConfigurationError(
+                f"--scheduler runs a batch, but {scan} is one scan. Give a folder of image files or "
+                "a .txt list of scans, or drop --scheduler."
+            )
+        if manifest is not None and scheduler is None:
+            raise ConfigurationError(
+                "--manifest applies to cluster runs only. Add --scheduler, or drop --manifest."
+            )
+    except MhpEdgeError as err:
+        raise _fail(err) from err
+
+    if scheduler is not None:
+        _run_cluster_batch(
+            batch,
+            output,
+            scheduler=scheduler,
+            manifest=manifest,
+            models=models,
+            threads=threads,
+            preview=preview,
+            overwrite=overwrite,
+        )
+        return
+
+    try:
+        # Imported here, so a cluster client never loads ONNX Runtime.
+        from mhp_edge.pipeline import Segmenter
+
         started = time.perf_counter()
         segmenter = Segmenter(models, threads=threads)
         load_s = time.perf_counter() - started
@@ -269,11 +319,11 @@ def segment(
         raise _fail(err) from err
 
     if batch is None:
-        outputs = _outputs_for(
+        outputs = outputs_for(
             scan, output, preview=preview, mask_file=bool(image_suffix(output)), dicom_seg=dicom_seg
         )
         try:
-            report = _segment_one(
+            report = segment_scan(
                 segmenter, scan, outputs, liver_mask=liver_mask, series=series, overwrite=overwrite
             )
         except MhpEdgeError as err:
@@ -288,16 +338,26 @@ def segment(
     _run_batch(segmenter, batch, output, series=series, preview=preview, overwrite=overwrite)
 
 
-def _segment_one(
+def segment_scan(
     segmenter,
     scan: Path,
-    outputs: _Outputs,
+    outputs: ScanOutputs,
     *,
     liver_mask: Path | None,
     series: str | None,
     overwrite: bool,
 ) -> dict:
-    """Segment one scan and write its outputs together; return the report."""
+    """Segment one scan and write its outputs together; return the report.
+
+    The outputs are staged as temporary files beside their destinations and moved into place only
+    after all of them are written, so a failure or a killed process leaves no partial output
+    under the final names. Batches on one machine and tasks on a Dask worker both call this.
+
+    Raises
+    ------
+    MhpEdgeError
+        On an unreadable scan or liver mask, a model failure, or outputs that cannot be written.
+    """
     from mhp_edge.dicom import choose_stack, find_stacks, stack_to_image
     from mhp_edge.io import read_image, staged_outputs
     from mhp_edge.report import build_report, lesions_csv
@@ -372,13 +432,13 @@ def _run_batch(segmenter, scans: list[Path], output: Path, *, series, preview, o
     counts = {"done": 0, "skipped": 0}
 
     def run(scan: Path) -> None:
-        outputs = _outputs_for(scan, output, preview=preview, mask_file=False)
+        outputs = outputs_for(scan, output, preview=preview, mask_file=False)
         if not overwrite and all(p.exists() for p in outputs.all()):
             counts["skipped"] += 1
             typer.echo(f"skipped  {scan} (outputs exist; --overwrite to redo)")
             return
         try:
-            report = _segment_one(
+            report = segment_scan(
                 segmenter, scan, outputs, liver_mask=None, series=series, overwrite=overwrite
             )
         except Exception as err:  # one broken scan must not stop the batch
@@ -413,7 +473,56 @@ def _run_batch(segmenter, scans: list[Path], output: Path, *, series, preview, o
         raise typer.Exit(EXIT_BATCH_FAILURES)
 
 
-def _print_summary(outputs: _Outputs, report: dict) -> None:
+def _run_cluster_batch(
+    scans: list[Path],
+    output: Path,
+    *,
+    scheduler: str,
+    manifest: Path | None,
+    models: Path | None,
+    threads: int | None,
+    preview: bool,
+    overwrite: bool,
+) -> None:
+    try:
+        from mhp_edge.cluster import MANIFEST_NAME, ClusterJob, run_cluster_batch
+    except ImportError as err:
+        raise _fail(
+            ConfigurationError(
+                f"--scheduler needs Dask distributed, which is not installed ({err}). "
+                "Install it with: pip install 'mhp-edge[cluster]'"
+            )
+        ) from err
+
+    job = ClusterJob(
+        scheduler=scheduler,
+        output=output,
+        manifest=manifest if manifest is not None else output / MANIFEST_NAME,
+        models_dir=models,
+        threads=threads,
+        preview=preview,
+        overwrite=overwrite,
+    )
+    try:
+        summary = run_cluster_batch(scans, job, echo=typer.echo)
+    except MhpEdgeError as err:
+        raise _fail(err) from err
+    except Exception as err:  # the command line ends with a message and exit code 1
+        logger.exception("internal failure of the cluster batch on %s", scheduler)
+        raise _fail(err) from err
+
+    typer.echo(
+        f"{summary.done} segmented, {summary.skipped} skipped, {len(summary.failures)} failed "
+        f"of {len(scans)} scans"
+    )
+    if summary.failures:
+        typer.echo("failures:", err=True)
+        for failed_scan, message in summary.failures:
+            typer.echo(f"  {message}" if failed_scan in message else f"  {failed_scan}: {message}", err=True)
+        raise typer.Exit(EXIT_BATCH_FAILURES)
+
+
+def _print_summary(outputs: ScanOutputs, report: dict) -> None:
     typer.echo(f"mask:    {outputs.mask}")
     typer.echo(f"report:  {outputs.report}")
     typer.echo(f"lesions: {outputs.lesions_csv}")
