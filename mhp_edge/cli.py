@@ -112,6 +112,10 @@ def scan_stem(scan: Path) -> str:
     return scan.name[: -len(suffix)] if suffix else scan.name
 
 
+# -o values with these suffixes name a file the user wants, never a folder to create.
+_NOT_A_FOLDER_SUFFIXES = {".png", ".jpg", ".jpeg", ".json", ".csv", ".txt", ".dcm", ".gz", ".zip", ".pdf"}
+
+
 def outputs_for(
     scan: Path, output: Path, *, preview: bool, mask_file: bool, dicom_seg: bool = False
 ) -> ScanOutputs:
@@ -273,6 +277,12 @@ def segment(
             raise ConfigurationError("--series picks a series in one DICOM folder; give a DICOM folder.")
         if batch is not None:
             _check_batch(batch, output)
+        wrong_file_type = output.suffix.lower() in _NOT_A_FOLDER_SUFFIXES and not image_suffix(output)
+        if wrong_file_type and not output.is_dir():
+            raise ConfigurationError(
+                f"-o {output}: {output.suffix} is not a mask file type. Give a folder, or a mask file "
+                "name ending in .nii.gz, .nii, .nrrd or .mha."
+            )
         if dicom_seg and (batch is not None or not scan.is_dir() or image_suffix(output)):
             raise ConfigurationError(
                 "--format dicom-seg needs one DICOM folder as input and an output folder, because "

@@ -7,7 +7,7 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from mhp_edge import __version__
-from mhp_edge.cli import EXIT_BATCH_FAILURES, EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, app
+from mhp_edge.cli import EXIT_BATCH_FAILURES, EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE, app
 from mhp_edge.pipeline import LIVER_MODEL_FILE, TUMOUR_MODEL_FILE
 from model_factory import make_metadata, write_linear_model
 from phantoms import liver_phantom
@@ -57,6 +57,13 @@ def test_segment_to_mask_file_name(tmp_path, scan, models_dir):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "result.nrrd").is_file()
     assert (tmp_path / "result_report.json").is_file()
+
+
+def test_output_with_a_picture_suffix_is_refused(tmp_path, scan, models_dir):
+    result = segment(scan, "-o", tmp_path / "result.png", "--models", models_dir)
+    assert result.exit_code == EXIT_USAGE
+    assert ".png is not a mask file type" in result.output
+    assert not (tmp_path / "result.png").exists()
 
 
 def test_missing_scan_is_input_error(tmp_path, models_dir):
