@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 internal failure (a bug: please report it), 2 invalid u
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import signal
@@ -72,10 +73,23 @@ def main(
     signal.signal(signal.SIGTERM, _exit_on_signal)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
+        format="%(levelname)s %(name)s: %(scan)s%(message)s",
         stream=sys.stderr,
         force=True,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_ScanPrefix())
+
+
+# In a batch, log lines start with the name of the scan they are about.
+_CURRENT_SCAN: contextvars.ContextVar[str] = contextvars.ContextVar("mhp_edge_scan", default="")
+
+
+class _ScanPrefix(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        scan = _CURRENT_SCAN.get()
+        record.scan = f"{scan}: " if scan else ""
+        return True
 
 
 def _exit_on_signal(number: int, _frame) -> None:
@@ -442,6 +456,13 @@ def _run_batch(segmenter, scans: list[Path], output: Path, *, series, preview, o
     counts = {"done": 0, "skipped": 0}
 
     def run(scan: Path) -> None:
+        token = _CURRENT_SCAN.set(scan.name)
+        try:
+            run_one(scan)
+        finally:
+            _CURRENT_SCAN.reset(token)
+
+    def run_one(scan: Path) -> None:
         outputs = outputs_for(scan, output, preview=preview, mask_file=False)
         if not overwrite and all(p.exists() for p in outputs.all()):
             counts["skipped"] += 1

@@ -215,3 +215,18 @@ def test_evaluate_rejects_other_origin(tmp_path):
     result = runner.invoke(app, ["evaluate", str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz")])
     assert result.exit_code == EXIT_INPUT
     assert "differs from the reference grid" in result.output
+
+
+def test_batch_log_lines_name_their_scan(tmp_path, models_dir):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    # The phantom's liver is far below a real liver's volume, so every scan logs a warning.
+    sitk.WriteImage(liver_phantom(), str(scans / "first.nii.gz"))
+    sitk.WriteImage(liver_phantom(), str(scans / "second.nii.gz"))
+
+    result = segment(scans, "-o", tmp_path / "out", "--models", models_dir)
+
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("WARNING")]
+    assert any(": first.nii.gz: " in line for line in warnings), warnings
+    assert any(": second.nii.gz: " in line for line in warnings), warnings
