@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from mhp_edge.report import axial_diameters_mm, lesions_csv, measure_lesions
 
@@ -59,3 +60,37 @@ def test_csv_has_one_row_per_lesion():
     rows = text.splitlines()
     assert len(rows) == 2
     assert rows[1].split(",")[0] == "1"
+
+
+def brute_force_diameters_mm(cross_section: np.ndarray, spacing_yx_mm) -> tuple[float, float]:
+    """Longest distance over all pixel corners, and the extent across it; no hull, no outline."""
+    rows, columns = np.nonzero(cross_section)
+    points = np.array(
+        [
+            ((r + dy) * spacing_yx_mm[0], (c + dx) * spacing_yx_mm[1])
+            for r, c in zip(rows, columns, strict=True)
+            for dy in (-0.5, 0.5)
+            for dx in (-0.5, 0.5)
+        ]
+    )
+    distances = np.sqrt(((points[:, None] - points[None]) ** 2).sum(axis=-1))
+    first, second = np.unravel_index(int(distances.argmax()), distances.shape)
+    longest = float(distances[first, second])
+    axis = (points[second] - points[first]) / longest
+    across = points @ np.array([-axis[1], axis[0]])
+    return longest, float(across.max() - across.min())
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_diameters_match_all_pixel_corners(seed):
+    rng = np.random.default_rng(seed)
+    blob = ndimage.gaussian_filter(rng.normal(size=(1, 24, 24)), 3)
+    components, _ = ndimage.label(blob > np.percentile(blob, 80))
+    # The component around the blob's peak: an irregular, sometimes concave lesion.
+    lesion = components == components[np.unravel_index(blob.argmax(), blob.shape)]
+
+    longest, across = axial_diameters_mm(lesion, (0.8, 0.7))
+
+    expected_longest, _ = brute_force_diameters_mm(lesion[0], (0.8, 0.7))
+    assert longest == pytest.approx(expected_longest)
+    assert 0 < across <= longest
