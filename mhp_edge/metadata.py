@@ -207,14 +207,16 @@ def _validate(metadata: ModelMetadata, *, source: str) -> None:
     problems = []
     if metadata.task not in TASKS:
         problems.append(f"task is {metadata.task!r}, expected one of {TASKS}")
-    expected_inputs = 2 if metadata.task == "tumour" else 1
+    # A tumour model reads the CT and, when it has Hessian settings, the blob response too
+    # (models without it are the ablation baselines of the training benchmark).
+    expected_inputs = 1 if metadata.hessian is None else 2
     if len(metadata.input_names) != expected_inputs:
         problems.append(
-            f"{metadata.task} models take {expected_inputs} input(s), "
-            f"metadata lists {list(metadata.input_names)}"
+            f"a {metadata.task} model {'without' if metadata.hessian is None else 'with'} Hessian "
+            f"settings takes {expected_inputs} input(s), metadata lists {list(metadata.input_names)}"
         )
-    if (metadata.task == "tumour") != (metadata.hessian is not None):
-        problems.append("hessian settings must be present for tumour models and only for them")
+    if metadata.task == "liver" and metadata.hessian is not None:
+        problems.append("liver models take no hessian settings")
     if len(metadata.patch_shape_vox) != 3 or min(metadata.patch_shape_vox) < 1:
         problems.append(f"patch_shape_vox is {metadata.patch_shape_vox}, expected 3 positive ints")
     if len(metadata.spacing_zyx_mm) != 3 or min(metadata.spacing_zyx_mm) <= 0:

@@ -319,6 +319,33 @@ class Segmenter:
         )
         return liver
 
+    def tumour_probability(self, image: sitk.Image, liver_mask: sitk.Image) -> sitk.Image:
+        """Return the tumour model's probability map on the input's grid, before post-processing.
+
+        This is what ``segment`` thresholds. It is 0 outside the liver's bounding box plus the
+        model's margin. Benchmarks use it to choose the threshold and minimum lesion size.
+
+        Parameters
+        ----------
+        image : SimpleITK.Image
+            3D CT in HU.
+        liver_mask : SimpleITK.Image
+            Liver mask (nonzero = liver) on the scan's grid.
+
+        Returns
+        -------
+        SimpleITK.Image
+            float32 probability in [0, 1] with the input's exact grid.
+        """
+        _check_scan(image)
+        scan = _prepare_scan(image, [])
+        liver = _oriented_liver_mask(liver_mask, image)
+        probability = np.zeros(liver.shape, dtype=np.float32)
+        if liver.any():
+            box, crop_probability = self._tumour_probability(scan, liver, _StageTimer(), None)
+            probability[box] = crop_probability
+        return _to_input_grid(probability, scan, image)
+
     def _find_tumours(
         self,
         scan: sitk.Image,
@@ -327,6 +354,35 @@ class Segmenter:
         progress: Progress | None,
     ) -> np.ndarray:
         """Run MHP-Net inside the liver; return the tumour mask on the scan's grid, bool (z, y, x)."""
+        metadata = self.tumour_model.metadata
+        box, probability = self._tumour_probability(scan, liver, timer, progress)
+        with timer.stage("postprocess"):
+            tumour = np.zeros(liver.shape, dtype=bool)
+            tumour[box] = postprocess_tumour(
+                probability,
+                liver[box],
+                voxel_mm3=float(np.prod(scan.GetSpacing())),
+                threshold=metadata.threshold,
+                min_component_mm3=metadata.min_component_mm3,
+            )
+        return tumour
+
+    def _tumour_probability(
+        self,
+        scan: sitk.Image,
+        liver: np.ndarray,
+        timer: _StageTimer,
+        progress: Progress | None,
+    ) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+        """Run the tumour model around the liver.
+
+        Returns
+        -------
+        box : tuple of 3 slices
+            The liver's bounding box plus margin on the scan's grid.
+        probability : ndarray, float32
+            Tumour probability on the scan's grid inside ``box``.
+        """
         model = self.tumour_model
         metadata = model.metadata
 
@@ -342,14 +398,17 @@ class Segmenter:
             hu = sitk.GetArrayFromImage(work)
             region = sitk.GetArrayViewFromImage(work_liver) > 0
 
-        with timer.stage("hessian"):
-            enhanced = hessian_input(hu, metadata.spacing_zyx_mm, metadata.hessian)
+        inputs = [normalise_hu(hu, metadata)[np.newaxis]]
+        pad_values = [float(normalise_hu(np.float32(metadata.pad_hu), metadata))]
+        if metadata.hessian is not None:
+            with timer.stage("hessian"):
+                inputs.append(hessian_input(hu, metadata.spacing_zyx_mm, metadata.hessian)[np.newaxis])
+                pad_values.append(0.0)
 
         with timer.stage("inference"):
-            ct = normalise_hu(hu, metadata)
             probability = sliding_window_probability(
-                [ct[np.newaxis], enhanced[np.newaxis]],
-                [float(normalise_hu(np.float32(metadata.pad_hu), metadata)), 0.0],
+                inputs,
+                pad_values,
                 model.predict,
                 patch_shape_vox=metadata.patch_shape_vox,
                 overlap=metadata.overlap,
@@ -361,12 +420,38 @@ class Segmenter:
             probability_image = sitk.GetImageFromArray(probability)
             probability_image.CopyInformation(work)
             fine = resample_like(probability_image, crop, interpolator=sitk.sitkLinear)
-            tumour_crop = (sitk.GetArrayFromImage(fine) > metadata.threshold) & liver[box]
-            voxel_mm3 = float(np.prod(scan.GetSpacing()))
-            tumour_crop = _drop_small_components(tumour_crop, min_vox=metadata.min_component_mm3 / voxel_mm3)
-            tumour = np.zeros(liver.shape, dtype=bool)
-            tumour[box] = tumour_crop
-        return tumour
+        return box, sitk.GetArrayFromImage(fine)
+
+
+def postprocess_tumour(
+    probability: np.ndarray,
+    liver: np.ndarray,
+    *,
+    voxel_mm3: float,
+    threshold: float,
+    min_component_mm3: float,
+) -> np.ndarray:
+    """Turn a tumour probability map into the tumour mask, as the model's metadata prescribes.
+
+    Parameters
+    ----------
+    probability : ndarray of shape (Z, Y, X), float32
+        Tumour probability.
+    liver : ndarray of shape (Z, Y, X), bool
+        Liver mask; tumour is kept only inside it.
+    voxel_mm3 : float
+        Volume of one voxel in mm^3.
+    threshold : float
+        Probability above which a voxel is tumour.
+    min_component_mm3 : float
+        Connected components (26-connected) smaller than this are dropped.
+
+    Returns
+    -------
+    ndarray of shape (Z, Y, X), bool
+    """
+    tumour = (probability > threshold) & liver
+    return _drop_small_components(tumour, min_vox=min_component_mm3 / voxel_mm3)
 
 
 def _fine_box(coarse_mask: np.ndarray, coarse: sitk.Image, fine: sitk.Image) -> tuple[slice, slice, slice]:
@@ -466,10 +551,25 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def _drop_small_components(mask: np.ndarray, *, min_vox: float) -> np.ndarray:
-    labelled, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
-    if count == 0:
+    # Label only the box around the mask's voxels: tumour is a small part of the liver crop.
+    box = _nonzero_box(mask)
+    if box is None:
         return mask
+    labelled, count = ndimage.label(mask[box], structure=np.ones((3, 3, 3)))
     sizes = np.bincount(labelled.ravel())
     keep = sizes >= min_vox
     keep[0] = False
-    return keep[labelled]
+    result = np.zeros(mask.shape, dtype=bool)
+    result[box] = keep[labelled]
+    return result
+
+
+def _nonzero_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Return the bounding box of the True voxels of a 3D mask, or None when there are none."""
+    box = []
+    for axes in ((1, 2), (0, 2), (0, 1)):
+        present = np.flatnonzero(mask.any(axis=axes))
+        if present.size == 0:
+            return None
+        box.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(box)

@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from mhp_edge.errors import InputImageError
-from mhp_edge.pipeline import LIVER_MODEL_FILE, TUMOUR_MODEL_FILE, Segmenter
+from mhp_edge.pipeline import LIVER_MODEL_FILE, TUMOUR_MODEL_FILE, Segmenter, postprocess_tumour
 from model_factory import make_metadata, write_linear_model
 from phantoms import LESION_HU, axis_aligned_directions, liver_phantom, reoriented
 
@@ -191,3 +191,54 @@ def test_scan_of_1000_slices_runs(segmenter):
     result = segmenter.segment(phantom)
     assert result.mask.GetSize() == phantom.GetSize()
     assert result.liver_volume_ml > 0
+
+
+def test_tumour_model_without_hessian_input_runs(tmp_path):
+    # The ablation baselines read the CT alone: one input and no Hessian settings.
+    write_linear_model(tmp_path, LIVER_MODEL_FILE, make_metadata("liver"))
+    tumour = make_metadata(
+        "tumour", hu_mean=200.0, hu_clip=(-250.0, 400.0), input_names=("ct",), hessian=None
+    )
+    write_linear_model(tmp_path, TUMOUR_MODEL_FILE, tumour)
+    phantom = liver_phantom()
+
+    result = Segmenter(tmp_path, threads=1).segment(phantom)
+
+    mask = sitk.GetArrayFromImage(result.mask)
+    assert (mask[sitk.GetArrayFromImage(phantom) == LESION_HU] == 2).mean() > 0.9
+    assert "hessian" not in result.timings_s
+
+
+def test_tumour_probability_thresholds_to_the_segment_mask(segmenter):
+    phantom = liver_phantom()
+    result = segmenter.segment(phantom)
+    liver = sitk.Cast(result.mask > 0, sitk.sitkUInt8)
+
+    probability = segmenter.tumour_probability(phantom, liver)
+
+    assert probability.GetSize() == phantom.GetSize()
+    assert probability.GetPixelID() == sitk.sitkFloat32
+    values = sitk.GetArrayFromImage(probability)
+    assert 0.0 <= values.min() and values.max() <= 1.0
+    metadata = segmenter.tumour_model.metadata
+    tumour = postprocess_tumour(
+        values,
+        sitk.GetArrayFromImage(liver) > 0,
+        voxel_mm3=float(np.prod(phantom.GetSpacing())),
+        threshold=metadata.threshold,
+        min_component_mm3=metadata.min_component_mm3,
+    )
+    np.testing.assert_array_equal(tumour, sitk.GetArrayFromImage(result.mask) == 2)
+
+
+def test_postprocess_drops_small_components_and_outside_liver():
+    probability = np.zeros((10, 10, 10), dtype=np.float32)
+    probability[1:5, 1:5, 1:5] = 0.9  # 64 voxels
+    probability[7, 7, 7] = 0.9  # 1 voxel
+    liver = np.ones(probability.shape, dtype=bool)
+    liver[1:5, 1:5, 1] = False
+
+    tumour = postprocess_tumour(probability, liver, voxel_mm3=2.0, threshold=0.5, min_component_mm3=10.0)
+
+    assert tumour.sum() == 64 - 16
+    assert not tumour[7, 7, 7]
