@@ -27,6 +27,16 @@ INTENDED_USE = "Research use only, not for clinical use."
 TUMOUR_HESSIAN_SCALES_MM = (3.0, 6.0, 12.0)
 TUMOUR_HESSIAN_HU_CLIP = (-50.0, 200.0)
 
+# The tumour model is trained on (32, 64, 64) patches and run on larger (32, 96, 96) windows.
+# With batch normalisation its output barely depends on the window (see export.networks), so
+# bigger windows with a quarter overlap compute each voxel fewer times.
+TUMOUR_WINDOW_VOX = (32, 96, 96)
+
+# Post-processing of the tumour model, chosen by benchmarks/tumour_ablation.py on out-of-fold
+# probabilities of the leave-one-case-out runs (benchmarks/results/tumour_ablation.md).
+TUMOUR_THRESHOLD = 0.5
+TUMOUR_MIN_COMPONENT_MM3 = 100.0
+
 
 def liver_metadata(provenance: dict[str, Any]) -> ModelMetadata:
     """Build the metadata of the liver model (``liver_net.onnx``).
@@ -58,7 +68,13 @@ def liver_metadata(provenance: dict[str, Any]) -> ModelMetadata:
 
 
 def tumour_metadata(
-    provenance: dict[str, Any], *, response_scale: float, threshold: float = 0.5
+    provenance: dict[str, Any],
+    *,
+    response_scale: float,
+    threshold: float = TUMOUR_THRESHOLD,
+    min_component_mm3: float = TUMOUR_MIN_COMPONENT_MM3,
+    uses_hessian: bool = True,
+    name: str = "mhp-net",
 ) -> ModelMetadata:
     """Build the metadata of the tumour model (``mhp_net.onnx``).
 
@@ -71,27 +87,34 @@ def tumour_metadata(
         ``export.data.measure_response_scale``).
     threshold : float
         Tumour probability threshold.
+    min_component_mm3 : float
+        Smallest tumour component kept, in mm^3.
+    uses_hessian : bool
+        False for the ablation models that read the CT alone: one input, no Hessian settings.
+    name : str
+        Model name in the metadata.
     """
+    hessian = HessianSpec(
+        scales_mm=TUMOUR_HESSIAN_SCALES_MM,
+        hu_clip=TUMOUR_HESSIAN_HU_CLIP,
+        response_scale=response_scale,
+    )
     return ModelMetadata(
-        name="mhp-net",
+        name=name,
         task="tumour",
-        input_names=("ct", "hessian"),
+        input_names=("ct", "hessian") if uses_hessian else ("ct",),
         output_name="logits",
-        patch_shape_vox=(32, 64, 64),
+        patch_shape_vox=TUMOUR_WINDOW_VOX,
         spacing_zyx_mm=(2.5, 1.25, 1.25),
         hu_clip=(-150.0, 250.0),
         hu_mean=60.0,
         hu_std=100.0,
         pad_hu=-1024.0,
-        overlap=0.5,
+        overlap=0.25,
         threshold=threshold,
-        min_component_mm3=100.0,
+        min_component_mm3=min_component_mm3,
         roi_margin_mm=10.0,
-        hessian=HessianSpec(
-            scales_mm=TUMOUR_HESSIAN_SCALES_MM,
-            hu_clip=TUMOUR_HESSIAN_HU_CLIP,
-            response_scale=response_scale,
-        ),
+        hessian=hessian if uses_hessian else None,
         labels={0: "background", 1: "liver", 2: "tumour"},
         provenance=provenance,
     )

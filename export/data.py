@@ -306,17 +306,26 @@ def measure_response_scale(cases: Sequence[PreparedCase], *, percentile: float =
     return max(rounded, 1e-3)
 
 
+IGNORE_LABEL = 255
+"""Label of voxels that training neither rewards nor penalises (lesions held back in an ablation)."""
+
+
 @dataclass(frozen=True)
 class PatchMix:
-    """Fractions of patches centred on a lesion, on the liver, or placed uniformly at random.
+    """Fractions of patches centred on a lesion, on the liver, on the liver's surface, or random.
 
     A lesion is one connected component of tumour voxels. Lesions are drawn with equal
-    probability whatever their size, so small tumours are seen as often as large ones. The
-    random fraction is ``1 - lesion - liver``.
+    probability whatever their size, so small tumours are seen as often as large ones. When
+    synthetic lesions are present, ``synthetic`` is the share of lesion patches that go to
+    them. Surface patches show the network the liver's edge, where bowel and vessels next to the
+    liver can look like lesions.
+    The random fraction is ``1 - lesion - liver - surface``.
     """
 
     lesion: float
     liver: float
+    surface: float = 0.0
+    synthetic: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -327,6 +336,12 @@ class Augmentation:
     ----------
     flip_axes : tuple of int
         Array axes (0 = z, 1 = y, 2 = x) that are each flipped with probability 0.5.
+    rotate_in_plane : bool
+        Rotate by a random multiple of 90 degrees in the (y, x) plane. Only valid when the
+        model's y and x spacings are equal, which ``PatchSampler`` checks.
+    zoom : tuple of 2 floats
+        Range of the isotropic scale factor. The patch is read from a window ``1 / factor``
+        times the patch size and resampled (linear for inputs, nearest for the label).
     hu_scale : tuple of 2 floats
         Range of the factor a in ``hu * a + b``. The Hessian input is multiplied by a too,
         because the blob response is linear in intensity inside the Hessian HU window.
@@ -335,6 +350,8 @@ class Augmentation:
     """
 
     flip_axes: tuple[int, ...] = ()
+    rotate_in_plane: bool = False
+    zoom: tuple[float, float] = (1.0, 1.0)
     hu_scale: tuple[float, float] = (1.0, 1.0)
     hu_shift: tuple[float, float] = (0.0, 0.0)
 
@@ -345,9 +362,12 @@ class PatchSampler:
     Parameters
     ----------
     cases : sequence of PreparedCase
+        Real cases, and synthetic variants whose ``case_id`` contains ``"+synthetic"``.
     metadata : ModelMetadata
-        Supplies the patch shape, HU normalisation, padding HU and (tumour models) the
-        Hessian response scale.
+        Supplies the HU normalisation, padding HU and (tumour models) the Hessian response scale.
+    patch_shape_vox : tuple of 3 ints
+        (z, y, x) training patch shape. It may differ from the exported window
+        ``metadata.patch_shape_vox``.
     mix : PatchMix
     augmentation : Augmentation
     rng : numpy.random.Generator
@@ -358,26 +378,43 @@ class PatchSampler:
         cases: Sequence[PreparedCase],
         metadata: ModelMetadata,
         *,
+        patch_shape_vox: tuple[int, int, int],
         mix: PatchMix,
         augmentation: Augmentation,
         rng: np.random.Generator,
     ):
-        if not 0 <= mix.lesion + mix.liver <= 1:
+        if not 0 <= mix.lesion + mix.liver + mix.surface <= 1:
             raise ValueError(f"PatchMix fractions {mix} must sum to at most 1.")
+        spacing = metadata.spacing_zyx_mm
+        if augmentation.rotate_in_plane and spacing[1] != spacing[2]:
+            raise ValueError(
+                f"In-plane rotation needs equal y and x spacing, got {spacing} mm. Turn "
+                "rotate_in_plane off for this model spacing."
+            )
         self.metadata = metadata
-        self.patch_shape_vox = tuple(metadata.patch_shape_vox)
+        self.patch_shape_vox = tuple(patch_shape_vox)
         self.mix = mix
         self.augmentation = augmentation
         self.rng = rng
+        # Windows are read up to 1 / min zoom times the patch, so volumes are padded to that.
+        smallest_zoom = min(augmentation.zoom)
+        self.read_shape_vox = tuple(int(np.ceil(size / smallest_zoom)) for size in self.patch_shape_vox)
         self.volumes = [self._padded(case) for case in cases]
-        self.liver_indices = [np.flatnonzero(volume["label"] > 0) for volume in self.volumes]
+        self.synthetic = [("+synthetic" in case.case_id) for case in cases]
+        self.liver_indices = [np.flatnonzero(volume["label"] == 1) for volume in self.volumes]
+        self.surface_indices = [_surface_indices(volume["label"]) for volume in self.volumes]
         self.lesions = self._find_lesions()
-        logger.info("Sampling from %d cases with %d lesions", len(self.volumes), len(self.lesions))
+        logger.info(
+            "Sampling from %d volumes with %d real and %d synthetic lesions",
+            len(self.volumes),
+            sum(not synthetic for synthetic, _, _ in self.lesions),
+            sum(synthetic for synthetic, _, _ in self.lesions),
+        )
 
     def _padded(self, case: PreparedCase) -> dict[str, np.ndarray]:
-        # Volumes smaller than a patch are padded on both sides: CT with pad_hu, like the
+        # Volumes smaller than a window are padded on both sides: CT with pad_hu, like the
         # outside of the scan, and the Hessian input with 0, meaning "no blob".
-        missing = np.maximum(0, np.array(self.patch_shape_vox) - np.array(case.hu.shape))
+        missing = np.maximum(0, np.array(self.read_shape_vox) - np.array(case.hu.shape))
         widths = [(int(m) // 2, int(m) - int(m) // 2) for m in missing]
         volume = {
             "hu": np.pad(case.hu, widths, constant_values=self.metadata.pad_hu),
@@ -393,15 +430,15 @@ class PatchSampler:
             volume["hessian"] = np.pad(scaled, widths, constant_values=0)
         return volume
 
-    def _find_lesions(self) -> list[tuple[int, np.ndarray]]:
+    def _find_lesions(self) -> list[tuple[bool, int, np.ndarray]]:
         lesions = []
         for index, volume in enumerate(self.volumes):
             components, count = ndimage.label(volume["label"] == TUMOUR_LABEL)
             for component in range(1, count + 1):
-                lesions.append((index, np.flatnonzero(components == component)))
+                lesions.append((self.synthetic[index], index, np.flatnonzero(components == component)))
         return lesions
 
-    def sample(self, batch_size: int) -> tuple[list[np.ndarray], np.ndarray]:
+    def sample(self, batch_size: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
         """Draw a batch of patches.
 
         Returns
@@ -411,17 +448,25 @@ class PatchSampler:
         target : ndarray of shape (B, 1, Z, Y, X), float32
             1 where the label is the model's foreground (liver and tumour for liver models,
             tumour for tumour models), else 0.
+        weight : ndarray of shape (B, 1, Z, Y, X), float32
+            0 on ``IGNORE_LABEL`` voxels, else 1.
         """
         patches = [self._sample_one() for _ in range(batch_size)]
         input_count = len(patches[0][0])
         inputs = [np.stack([p[0][i] for p in patches])[:, None] for i in range(input_count)]
         target = np.stack([p[1] for p in patches])[:, None]
-        return inputs, target
+        weight = np.stack([p[2] for p in patches])[:, None]
+        return inputs, target, weight
 
-    def _sample_one(self) -> tuple[list[np.ndarray], np.ndarray]:
-        index, start = self._choose_patch()
+    def _sample_one(self) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        zoom = self.rng.uniform(*self.augmentation.zoom)
+        read_shape = tuple(
+            min(int(round(size / zoom)), limit)
+            for size, limit in zip(self.patch_shape_vox, self.read_shape_vox, strict=True)
+        )
+        index, start = self._choose_patch(read_shape)
         volume = self.volumes[index]
-        window = tuple(slice(s, s + size) for s, size in zip(start, self.patch_shape_vox, strict=True))
+        window = tuple(slice(s, s + size) for s, size in zip(start, read_shape, strict=True))
 
         scale = self.rng.uniform(*self.augmentation.hu_scale)
         shift = self.rng.uniform(*self.augmentation.hu_shift)
@@ -429,43 +474,84 @@ class PatchSampler:
         if "hessian" in volume:
             inputs.append(volume["hessian"][window] * np.float32(scale))
         label = volume["label"][window]
+        if read_shape != self.patch_shape_vox:
+            factors = [p / r for p, r in zip(self.patch_shape_vox, read_shape, strict=True)]
+            inputs = [_zoom_to(array, self.patch_shape_vox, factors, order=1) for array in inputs]
+            label = _zoom_to(label, self.patch_shape_vox, factors, order=0)
+
         if self.metadata.task == "tumour":
             target = (label == TUMOUR_LABEL).astype(np.float32)
         else:
-            target = (label > 0).astype(np.float32)
+            target = ((label > 0) & (label != IGNORE_LABEL)).astype(np.float32)
+        weight = (label != IGNORE_LABEL).astype(np.float32)
 
+        arrays = [*inputs, target, weight]
         for axis in self.augmentation.flip_axes:
             if self.rng.random() < 0.5:
-                inputs = [np.flip(array, axis) for array in inputs]
-                target = np.flip(target, axis)
-        return [np.ascontiguousarray(a, dtype=np.float32) for a in inputs], np.ascontiguousarray(target)
+                arrays = [np.flip(array, axis) for array in arrays]
+        if self.augmentation.rotate_in_plane:
+            turns = int(self.rng.integers(4))
+            arrays = [np.rot90(array, turns, axes=(1, 2)) for array in arrays]
+        arrays = [np.ascontiguousarray(array, dtype=np.float32) for array in arrays]
+        return arrays[:-2], arrays[-2], arrays[-1]
 
-    def _choose_patch(self) -> tuple[int, tuple[int, int, int]]:
+    def _choose_patch(self, read_shape: tuple[int, int, int]) -> tuple[int, tuple[int, int, int]]:
         kind = self.rng.random()
-        if kind < self.mix.lesion and self.lesions:
-            index, flat = self.lesions[self.rng.integers(len(self.lesions))]
-            return index, self._start_around(index, flat)
-        if kind < self.mix.lesion + self.mix.liver:
-            index = int(self.rng.integers(len(self.volumes)))
-            if self.liver_indices[index].size:
-                return index, self._start_around(index, self.liver_indices[index])
+        mix = self.mix
+        if kind < mix.lesion and self.lesions:
+            pool = self._lesion_pool()
+            _, index, flat = pool[self.rng.integers(len(pool))]
+            return index, self._start_around(index, flat, read_shape)
+        for fraction_end, indices in (
+            (mix.lesion + mix.liver, self.liver_indices),
+            (mix.lesion + mix.liver + mix.surface, self.surface_indices),
+        ):
+            if kind < fraction_end:
+                index = int(self.rng.integers(len(self.volumes)))
+                if indices[index].size:
+                    return index, self._start_around(index, indices[index], read_shape)
+                break
 
         index = int(self.rng.integers(len(self.volumes)))
         shape = self.volumes[index]["hu"].shape
         start = tuple(
-            int(self.rng.integers(0, n - size + 1))
-            for n, size in zip(shape, self.patch_shape_vox, strict=True)
+            int(self.rng.integers(0, n - size + 1)) for n, size in zip(shape, read_shape, strict=True)
         )
         return index, start
 
-    def _start_around(self, index: int, flat_indices: np.ndarray) -> tuple[int, int, int]:
-        # The patch centre is a random voxel of the region, moved by up to a quarter patch so
-        # the region is not always in the middle, then the patch is kept inside the volume.
+    def _lesion_pool(self) -> list[tuple[bool, int, np.ndarray]]:
+        real = [lesion for lesion in self.lesions if not lesion[0]]
+        synthetic = [lesion for lesion in self.lesions if lesion[0]]
+        if synthetic and (not real or self.rng.random() < self.mix.synthetic):
+            return synthetic
+        return real
+
+    def _start_around(
+        self, index: int, flat_indices: np.ndarray, read_shape: tuple[int, int, int]
+    ) -> tuple[int, int, int]:
+        # The window centre is a random voxel of the region, moved by up to a quarter window so
+        # the region is not always in the middle, then the window is kept inside the volume.
         shape = self.volumes[index]["hu"].shape
         centre = np.unravel_index(flat_indices[self.rng.integers(flat_indices.size)], shape)
         start = []
-        for axis, size in enumerate(self.patch_shape_vox):
+        for axis, size in enumerate(read_shape):
             offset = int(self.rng.integers(-(size // 4), size // 4 + 1))
             first = int(centre[axis]) - size // 2 + offset
             start.append(min(max(first, 0), shape[axis] - size))
         return start[0], start[1], start[2]
+
+
+def _surface_indices(label: np.ndarray) -> np.ndarray:
+    """Return flat indices of liver voxels (label 1 or 2) that touch a non-liver voxel."""
+    liver = (label > 0) & (label != IGNORE_LABEL)
+    return np.flatnonzero(liver & ~ndimage.binary_erosion(liver))
+
+
+def _zoom_to(array: np.ndarray, shape: tuple[int, int, int], factors: list[float], order: int) -> np.ndarray:
+    """Resample a (Z, Y, X) array by ``factors`` and crop or edge-pad it to exactly ``shape``."""
+    zoomed = ndimage.zoom(array, factors, order=order, mode="nearest", grid_mode=True)
+    zoomed = zoomed[tuple(slice(0, size) for size in shape)]
+    missing = [(0, size - have) for size, have in zip(shape, zoomed.shape, strict=True)]
+    if any(after for _, after in missing):
+        zoomed = np.pad(zoomed, missing, mode="edge")
+    return zoomed

@@ -4,6 +4,7 @@ Usage::
 
     python -m export.train --out models/ [--cases DIR] [--task liver|tumour|both]
         [--exclude CASE ...] [--seed 0] [--minutes M | --steps N] [--cache DIR] [--threads 2]
+        [--synthetic-copies 2] [--lesion-fraction 1.0]
 
 Each model is trained from a fixed seed for a fixed wall time (or, with ``--steps``, a fixed
 number of optimiser steps), then exported with its metadata (``export.contract``) and a model
@@ -29,6 +30,7 @@ import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import nn
 
 from export.contract import (
@@ -40,24 +42,29 @@ from export.contract import (
     tumour_metadata,
 )
 from export.data import (
+    IGNORE_LABEL,
     REPO_ROOT,
+    TUMOUR_LABEL,
     Augmentation,
     CaseFiles,
     PatchMix,
     PatchSampler,
+    PreparedCase,
     default_cache_dir,
     default_data_dir,
     find_cases,
     measure_response_scale,
     prepare_case,
 )
-from export.networks import LiverNet, MHPNet, count_parameters, multiply_accumulates_per_voxel
+from export.networks import LiverNet, MHPNet, PlainUNet, count_parameters, multiply_accumulates_per_voxel
 from export.onnx_export import export_onnx, write_card
+from export.synthetic import insert_lesions, measure_lesions
 from mhp_edge.metadata import ModelMetadata
 
 logger = logging.getLogger(__name__)
 
 TASKS = ("liver", "tumour")
+TUMOUR_ABLATIONS = ("tumour-no-hessian", "tumour-plain-unet")
 RESPONSE_PERCENTILE = 99.0
 
 
@@ -68,7 +75,7 @@ class Recipe:
     Attributes
     ----------
     task : str
-        ``"liver"`` or ``"tumour"``.
+        ``"liver"`` or ``"tumour"``: the metadata task.
     file_stem : str
         Output file name without ``.onnx``.
     build_network : callable
@@ -77,11 +84,17 @@ class Recipe:
         One-line description for the model card.
     default_minutes : float
         Training wall time when ``--minutes`` is not given.
+    patch_shape_vox : tuple of 3 ints
+        (z, y, x) training patch shape.
     mix : PatchMix
     augmentation : Augmentation
     batch_size : int
     learning_rate : float
         Peak AdamW learning rate.
+    uses_hessian : bool
+        Tumour recipes only: whether the network reads the Hessian input.
+    model_name : str
+        Name written into the metadata.
     """
 
     task: str
@@ -89,11 +102,23 @@ class Recipe:
     build_network: Callable[[], nn.Module]
     architecture: str
     default_minutes: float
+    patch_shape_vox: tuple[int, int, int]
     mix: PatchMix
     augmentation: Augmentation
     batch_size: int = 2
     learning_rate: float = 3e-3
+    uses_hessian: bool = True
+    model_name: str = ""
 
+
+_TUMOUR_AUGMENTATION = Augmentation(
+    flip_axes=(0, 1, 2),
+    rotate_in_plane=True,
+    zoom=(0.85, 1.15),
+    hu_scale=(0.9, 1.1),
+    hu_shift=(-20.0, 20.0),
+)
+_TUMOUR_MIX = PatchMix(lesion=0.5, liver=0.2, surface=0.15, synthetic=0.4)
 
 RECIPES = {
     "liver": Recipe(
@@ -106,27 +131,90 @@ RECIPES = {
             "skips, instance norm, leaky ReLU, 1x1x1 conv to one logit, trilinear upsampling x2"
         ),
         default_minutes=2.0,
+        patch_shape_vox=(32, 96, 96),
         # No flips: the liver lies on the patient's right, and flipped anatomy would teach the
         # network to accept a liver on either side.
         mix=PatchMix(lesion=0.0, liver=0.6),
         augmentation=Augmentation(hu_scale=(0.95, 1.05), hu_shift=(-20.0, 20.0)),
         batch_size=4,
+        model_name="liver-net",
     ),
     "tumour": Recipe(
         task="tumour",
         file_stem=TUMOUR_FILE_STEM,
         build_network=MHPNet,
         architecture=(
-            "MHPNet: two stems (3x3x3 conv, 8 channels each) on the CT and on its multi-scale "
-            "Hessian blob response, concatenated, then a 3-level 3D U-Net of 16/32/64 channels "
-            "(strides 1x2x2 then 2x2x2), transposed-conv upsampling, concatenated skips, "
-            "instance norm, leaky ReLU, 1x1x1 conv to one logit"
+            "MHPNet: two full-resolution stems (3x3x3 conv, 4 channels each) on the CT and on its "
+            "multi-scale Hessian blob response, a strided block (1x2x2) to 16 channels at 2.5 mm, "
+            "a 3-level 3D U-Net of 16/32/64 channels there, transposed-conv back to full "
+            "resolution, concatenation with the stems, one 3x3x3 block of 8 channels, batch norm, "
+            "leaky ReLU, 1x1x1 conv to one logit"
         ),
-        default_minutes=4.0,
-        mix=PatchMix(lesion=0.5, liver=0.3),
-        augmentation=Augmentation(flip_axes=(0, 1, 2), hu_scale=(0.9, 1.1), hu_shift=(-20.0, 20.0)),
+        default_minutes=6.0,
+        patch_shape_vox=(32, 64, 64),
+        mix=_TUMOUR_MIX,
+        augmentation=_TUMOUR_AUGMENTATION,
+        batch_size=4,
+        model_name="mhp-net",
+    ),
+    "tumour-no-hessian": Recipe(
+        task="tumour",
+        file_stem="mhp_net_no_hessian",
+        build_network=lambda: MHPNet(hessian=False),
+        architecture="MHPNet without the Hessian input: the CT stem has all 8 channels",
+        default_minutes=6.0,
+        patch_shape_vox=(32, 64, 64),
+        mix=_TUMOUR_MIX,
+        augmentation=_TUMOUR_AUGMENTATION,
+        batch_size=4,
+        uses_hessian=False,
+        model_name="mhp-net-no-hessian",
+    ),
+    "tumour-plain-unet": Recipe(
+        task="tumour",
+        file_stem="plain_unet",
+        build_network=PlainUNet,
+        architecture=(
+            "PlainUNet: 3x3x3 conv stem (16 channels) at full resolution, 3-level 3D U-Net of "
+            "16/32/64 channels (strides 1x2x2 then 2x2x2) on the CT alone, batch norm"
+        ),
+        default_minutes=6.0,
+        patch_shape_vox=(32, 64, 64),
+        mix=_TUMOUR_MIX,
+        augmentation=_TUMOUR_AUGMENTATION,
+        batch_size=4,
+        uses_hessian=False,
+        model_name="plain-unet",
     ),
 }
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """What the training data contains beyond the labelled cases.
+
+    Attributes
+    ----------
+    synthetic_copies : int
+        Tumour recipes: copies of each training case with synthetic lesions added
+        (``export.synthetic``). 0 trains on the real lesions only.
+    synthetic_lesions : int
+        Synthetic lesions placed in each copy.
+    lesion_fraction : float
+        Share of the real training lesions that keep their label; the others become
+        ``IGNORE_LABEL`` (no loss, never sampled). 1.0 uses all lesions. The learning-curve
+        ablation uses about half.
+    """
+
+    synthetic_copies: int = 2
+    synthetic_lesions: int = 3
+    lesion_fraction: float = 1.0
+
+    def __post_init__(self):
+        if self.synthetic_copies < 0 or self.synthetic_lesions < 0:
+            raise ValueError(f"Synthetic counts must be >= 0, got {self}.")
+        if not 0 < self.lesion_fraction <= 1:
+            raise ValueError(f"lesion_fraction must be in (0, 1], got {self.lesion_fraction}.")
 
 
 @dataclass(frozen=True)
@@ -167,7 +255,9 @@ class TrainingRecord:
     final_loss: float
 
 
-def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def dice_bce_loss(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Compute binary cross-entropy plus soft Dice loss over the whole batch.
 
     The Dice term is pooled over all patches of the batch, so a batch that happens to hold
@@ -177,11 +267,16 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     ----------
     logits, target : Tensor of shape (N, 1, Z, Y, X), float32
         Network output and 0/1 target.
+    weight : Tensor of shape (N, 1, Z, Y, X), float32, optional
+        0 on voxels that must not count (ignored lesions), else 1.
     """
-    cross_entropy = F.binary_cross_entropy_with_logits(logits, target)
-    probability = torch.sigmoid(logits)
+    if weight is None:
+        weight = torch.ones_like(target)
+    cross_entropy = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
+    cross_entropy = cross_entropy / weight.sum().clamp(min=1)
+    probability = torch.sigmoid(logits) * weight
     overlap = (probability * target).sum()
-    dice = (2 * overlap + 1) / (probability.sum() + target.sum() + 1)
+    dice = (2 * overlap + 1) / (probability.sum() + (target * weight).sum() + 1)
     return cross_entropy + (1 - dice)
 
 
@@ -224,6 +319,10 @@ def fit(
     label : str
         Prefix of the progress lines.
     """
+    # Channels-last 3D tensors let oneDNN vectorise over channels: about 25 % faster steps on
+    # this CPU (measured on MHPNet, one thread). The network is back in the default layout
+    # after training, for export.
+    network = network.to(memory_format=torch.channels_last_3d)
     optimiser = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
     network.train()
     recent_losses: list[float] = []
@@ -236,9 +335,11 @@ def fit(
         for group in optimiser.param_groups:
             group["lr"] = learning_rate_at(fraction, learning_rate)
 
-        inputs, target = sampler.sample(batch_size)
-        logits = network(*(torch.from_numpy(array) for array in inputs))
-        loss = dice_bce_loss(logits, torch.from_numpy(target))
+        inputs, target, weight = sampler.sample(batch_size)
+        logits = network(
+            *(torch.from_numpy(array).to(memory_format=torch.channels_last_3d) for array in inputs)
+        )
+        loss = dice_bce_loss(logits, torch.from_numpy(target), torch.from_numpy(weight))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(network.parameters(), max_norm=5.0)
@@ -255,7 +356,7 @@ def fit(
             )
             last_report = now
 
-    network.eval()
+    network.to(memory_format=torch.contiguous_format).eval()
     wall_time_s = time.monotonic() - start
     return TrainingRecord(step, wall_time_s, float(np.mean(recent_losses)))
 
@@ -296,7 +397,7 @@ def base_provenance(case_ids: list[str], seed: int) -> dict[str, Any]:
 def build_metadata(recipe: Recipe, cases: Sequence[CaseFiles], cache_dir: Path) -> tuple[ModelMetadata, list]:
     """Preprocess the cases for a recipe and build the metadata that training uses.
 
-    For the tumour model the Hessian response scale is measured on these cases first.
+    For tumour models the Hessian response scale is measured on these cases first.
 
     Returns
     -------
@@ -312,7 +413,68 @@ def build_metadata(recipe: Recipe, cases: Sequence[CaseFiles], cache_dir: Path) 
     prepared = [prepare_case(case, unscaled, cache_dir=cache_dir) for case in cases]
     scale = measure_response_scale(prepared, percentile=RESPONSE_PERCENTILE)
     logger.info("Hessian response scale: %.3g (%gth percentile in the liver)", scale, RESPONSE_PERCENTILE)
-    return tumour_metadata({}, response_scale=scale), prepared
+    metadata = tumour_metadata(
+        {}, response_scale=scale, uses_hessian=recipe.uses_hessian, name=recipe.model_name
+    )
+    return metadata, prepared
+
+
+def hold_back_lesions(
+    prepared: Sequence[PreparedCase], fraction: float, rng: np.random.Generator
+) -> tuple[list[PreparedCase], int, int]:
+    """Relabel all but a random share of the lesions as ``IGNORE_LABEL``.
+
+    Returns
+    -------
+    cases : list of PreparedCase
+        Copies where a label changed, the originals elsewhere.
+    kept, total : int
+        Lesions that keep their label, and lesions in all.
+    """
+    components = [ndimage.label(case.label == TUMOUR_LABEL) for case in prepared]
+    lesions = [
+        (index, lesion) for index, (_, count) in enumerate(components) for lesion in range(1, count + 1)
+    ]
+    kept = set()
+    if lesions:
+        keep_count = max(1, int(round(fraction * len(lesions))))
+        kept = {lesions[i] for i in rng.choice(len(lesions), size=keep_count, replace=False)}
+
+    cases = []
+    for index, case in enumerate(prepared):
+        labelled, count = components[index]
+        dropped = [lesion for lesion in range(1, count + 1) if (index, lesion) not in kept]
+        if not dropped:
+            cases.append(case)
+            continue
+        label = case.label.copy()
+        label[np.isin(labelled, dropped)] = IGNORE_LABEL
+        cases.append(replace(case, label=label))
+    return cases, len(kept), len(lesions)
+
+
+def add_synthetic_copies(
+    prepared: Sequence[PreparedCase], metadata: ModelMetadata, options: DataOptions, rng: np.random.Generator
+) -> list[PreparedCase]:
+    """Return ``options.synthetic_copies`` copies of each case with synthetic lesions added."""
+    if options.synthetic_copies == 0 or options.synthetic_lesions == 0:
+        return []
+    spec = metadata.hessian or tumour_metadata({}, response_scale=1.0).hessian
+    hessian_metadata = replace(metadata, hessian=spec)
+    statistics = measure_lesions(prepared, metadata.spacing_zyx_mm)
+    logger.info(
+        "Synthetic lesions from %d real ones: diameters %.0f-%.0f mm, contrasts %.0f to %.0f HU",
+        len(statistics.diameters_mm),
+        min(statistics.diameters_mm),
+        max(statistics.diameters_mm),
+        min(statistics.contrasts_hu),
+        max(statistics.contrasts_hu),
+    )
+    return [
+        insert_lesions(case, statistics, hessian_metadata, count=options.synthetic_lesions, rng=rng)
+        for _ in range(options.synthetic_copies)
+        for case in prepared
+    ]
 
 
 def train_and_export(
@@ -323,6 +485,7 @@ def train_and_export(
     cache_dir: Path,
     seed: int,
     budget: Budget,
+    options: DataOptions = DataOptions(),
 ) -> Path:
     """Train one model from a fixed seed, export it to ``out_dir`` and write its card.
 
@@ -335,12 +498,30 @@ def train_and_export(
     provenance = base_provenance(case_ids, seed)
     prepare_start = time.monotonic()
     metadata, prepared = build_metadata(recipe, cases, cache_dir)
+    rng = np.random.default_rng(seed)
+    data_notes: dict[str, Any] = {}
+    if recipe.task == "tumour":
+        prepared, kept, total = hold_back_lesions(prepared, options.lesion_fraction, rng)
+        synthetic = add_synthetic_copies(prepared, metadata, options, rng)
+        prepared = [*prepared, *synthetic]
+        data_notes = {
+            "training_lesions": kept,
+            "lesions_held_back": total - kept,
+            "synthetic_copies": options.synthetic_copies if synthetic else 0,
+            "synthetic_lesions_per_copy": options.synthetic_lesions if synthetic else 0,
+        }
     preprocessing_s = time.monotonic() - prepare_start
-    print(f"[{recipe.task}] {len(prepared)} cases ready in {preprocessing_s:.1f} s", flush=True)
+    print(f"[{recipe.task}] {len(prepared)} volumes ready in {preprocessing_s:.1f} s", data_notes, flush=True)
 
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    sampler = PatchSampler(prepared, metadata, mix=recipe.mix, augmentation=recipe.augmentation, rng=rng)
+    sampler = PatchSampler(
+        prepared,
+        metadata,
+        patch_shape_vox=recipe.patch_shape_vox,
+        mix=recipe.mix,
+        augmentation=recipe.augmentation,
+        rng=rng,
+    )
     network = recipe.build_network()
     record = fit(
         network,
@@ -348,10 +529,10 @@ def train_and_export(
         budget=budget,
         batch_size=recipe.batch_size,
         learning_rate=recipe.learning_rate,
-        label=recipe.task,
+        label=recipe.model_name,
     )
     print(
-        f"[{recipe.task}] trained {record.steps} steps in {record.wall_time_s:.1f} s, "
+        f"[{recipe.model_name}] trained {record.steps} steps in {record.wall_time_s:.1f} s, "
         f"final loss {record.final_loss:.4f}",
         flush=True,
     )
@@ -364,6 +545,8 @@ def train_and_export(
         batch_size=recipe.batch_size,
         final_training_loss=round(record.final_loss, 4),
         threads=torch.get_num_threads(),
+        training_patch_vox=list(recipe.patch_shape_vox),
+        **data_notes,
     )
     if metadata.hessian is not None:
         provenance["hessian_response_scale_rule"] = (
@@ -409,14 +592,31 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "(default: $MHP_EDGE_DATA/cases, else ../shared/data/cases beside the repo)",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder for .onnx and cards")
-    parser.add_argument("--task", choices=(*TASKS, "both"), default="both", help="model(s) to train")
+    parser.add_argument(
+        "--task",
+        choices=(*TASKS, "both", *TUMOUR_ABLATIONS),
+        default="both",
+        help="model(s) to train; the tumour-* choices are the ablation baselines",
+    )
+    parser.add_argument(
+        "--synthetic-copies",
+        type=int,
+        default=DataOptions().synthetic_copies,
+        help="tumour models: copies of each case with synthetic lesions (0 = real lesions only)",
+    )
+    parser.add_argument(
+        "--lesion-fraction",
+        type=float,
+        default=1.0,
+        help="tumour models: share of the real lesions that keep their label (learning curve)",
+    )
     parser.add_argument("--exclude", nargs="*", default=[], metavar="CASE", help="case ids to leave out")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and patch sampling")
     parser.add_argument(
         "--minutes",
         type=float,
         default=None,
-        help="training wall time per model in minutes (default: 2 for liver, 4 for tumour)",
+        help="training wall time per model in minutes (default: 2 for liver, 6 for tumour)",
     )
     parser.add_argument(
         "--steps",
@@ -441,6 +641,10 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("give --minutes or --steps, not both")
     if arguments.threads < 1:
         parser.error(f"--threads must be >= 1, got {arguments.threads}")
+    if arguments.synthetic_copies < 0:
+        parser.error(f"--synthetic-copies must be >= 0, got {arguments.synthetic_copies}")
+    if not 0 < arguments.lesion_fraction <= 1:
+        parser.error(f"--lesion-fraction must be in (0, 1], got {arguments.lesion_fraction}")
     return arguments
 
 
@@ -466,6 +670,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Training on {len(cases)} cases: {', '.join(case.case_id for case in cases)}", flush=True)
 
     tasks = TASKS if arguments.task == "both" else (arguments.task,)
+    options = DataOptions(
+        synthetic_copies=arguments.synthetic_copies, lesion_fraction=arguments.lesion_fraction
+    )
     total_start = time.monotonic()
     for task in tasks:
         recipe = RECIPES[task]
@@ -481,6 +688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cache_dir=cache_dir,
             seed=arguments.seed,
             budget=budget,
+            options=options,
         )
     print(f"Done in {time.monotonic() - total_start:.1f} s", flush=True)
     return 0

@@ -17,10 +17,18 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from export.contract import INTENDED_USE, licences_for, liver_metadata, tumour_metadata  # noqa: E402
-from export.data import Augmentation, PatchMix, PatchSampler, PreparedCase, measure_response_scale  # noqa: E402
-from export.networks import LiverNet, MHPNet, count_parameters  # noqa: E402
+from export.data import (  # noqa: E402
+    IGNORE_LABEL,
+    Augmentation,
+    PatchMix,
+    PatchSampler,
+    PreparedCase,
+    measure_response_scale,
+)
+from export.networks import LiverNet, MHPNet, PlainUNet, count_parameters  # noqa: E402
 from export.onnx_export import export_onnx, write_card  # noqa: E402
-from export.train import Budget, dice_bce_loss, learning_rate_at  # noqa: E402
+from export.synthetic import insert_lesions, measure_lesions  # noqa: E402
+from export.train import Budget, dice_bce_loss, hold_back_lesions, learning_rate_at  # noqa: E402
 from mhp_edge.metadata import METADATA_KEY, card_path_for, parse_metadata, sha256_of_file  # noqa: E402
 from mhp_edge.model import load_model  # noqa: E402
 
@@ -32,23 +40,42 @@ SMALL_PATCH_VOX = (16, 32, 32)
 LOGIT_TOLERANCE = 1e-4
 
 
-def small_metadata(task: str):
+def small_metadata(variant: str):
     provenance = {"training_cases": ["ircadb_01"], "seed": 0}
-    if task == "liver":
+    if variant == "liver":
         metadata = liver_metadata(provenance)
     else:
-        metadata = tumour_metadata(provenance, response_scale=3.3)
+        metadata = tumour_metadata(provenance, response_scale=3.3, uses_hessian=variant == "tumour")
     return replace(metadata, patch_shape_vox=SMALL_PATCH_VOX)
 
 
-@pytest.fixture(scope="module", params=["liver", "tumour"])
+NETWORKS = {
+    "liver": LiverNet,
+    "tumour": MHPNet,
+    "tumour-no-hessian": lambda: MHPNet(hessian=False),
+    "plain-unet": PlainUNet,
+}
+
+
+@pytest.fixture(scope="module", params=sorted(NETWORKS))
 def exported(request, tmp_path_factory):
-    """An untrained network of each task, exported to ONNX with its card."""
-    task = request.param
+    """An untrained network of each kind, exported to ONNX with its card."""
+    variant = request.param
     torch.manual_seed(0)
-    network = LiverNet() if task == "liver" else MHPNet()
-    metadata = small_metadata(task)
-    model_path = tmp_path_factory.mktemp(task) / f"{task}.onnx"
+    network = NETWORKS[variant]()
+    if isinstance(network, (MHPNet, PlainUNet)):
+        # Give batch normalisation running statistics other than 0 and 1, as after training.
+        network.train()
+        with torch.no_grad():
+            for _ in range(2):
+                network(
+                    *[
+                        torch.randn(2, 1, *SMALL_PATCH_VOX) * 3 + 1
+                        for _ in range(1 + network_uses_hessian(network))
+                    ]
+                )
+    metadata = small_metadata(variant)
+    model_path = tmp_path_factory.mktemp(variant) / f"{variant}.onnx"
 
     export_onnx(network, metadata, model_path)
     card_path = write_card(
@@ -131,9 +158,13 @@ def test_runtime_loads_exported_model(exported):
     assert np.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("network_class", [LiverNet, MHPNet])
-def test_network_size_budget(network_class):
-    assert count_parameters(network_class()) < 1_000_000
+def network_uses_hessian(network) -> bool:
+    return isinstance(network, MHPNet) and network.uses_hessian
+
+
+@pytest.mark.parametrize("variant", sorted(NETWORKS))
+def test_network_size_budget(variant):
+    assert count_parameters(NETWORKS[variant]()) < 1_000_000
 
 
 def test_licences_reject_unknown_source():
@@ -154,6 +185,20 @@ def test_dice_bce_loss_orders_predictions():
     assert good_loss < 0.01
     assert bad_loss > 5
     assert empty_loss < 0.01
+
+
+def test_dice_bce_loss_ignores_zero_weight_voxels():
+    target = torch.zeros(1, 1, 4, 4, 4)
+    target[..., :2, :, :] = 1
+    logits = torch.where(target > 0, 10.0, -10.0)
+    weight = torch.ones_like(target)
+    # The network "misses" an ignored lesion in the other half: no loss there.
+    target_with_ignored = target.clone()
+    target_with_ignored[..., 2:, :2, :2] = 1
+    weight[..., 2:, :2, :2] = 0
+
+    assert float(dice_bce_loss(logits, target_with_ignored, weight)) < 0.01
+    assert float(dice_bce_loss(logits, target_with_ignored)) > 0.1
 
 
 def test_learning_rate_schedule_bounds():
@@ -198,24 +243,65 @@ def test_response_scale_is_liver_percentile():
 
 
 def test_sampler_lesion_patches_hold_tumour():
-    metadata = replace(tumour_metadata({}, response_scale=3.3), patch_shape_vox=SMALL_PATCH_VOX)
+    metadata = tumour_metadata({}, response_scale=3.3)
     sampler = PatchSampler(
         [synthetic_case()],
         metadata,
+        patch_shape_vox=SMALL_PATCH_VOX,
         mix=PatchMix(lesion=1.0, liver=0.0),
-        augmentation=Augmentation(flip_axes=(0, 1, 2), hu_scale=(0.9, 1.1), hu_shift=(-20, 20)),
+        augmentation=Augmentation(
+            flip_axes=(0, 1, 2),
+            rotate_in_plane=True,
+            zoom=(0.85, 1.15),
+            hu_scale=(0.9, 1.1),
+            hu_shift=(-20, 20),
+        ),
         rng=np.random.default_rng(0),
     )
 
-    (ct, hessian), target = sampler.sample(4)
+    (ct, hessian), target, weight = sampler.sample(8)
 
-    assert ct.shape == (4, 1, *SMALL_PATCH_VOX)
-    assert hessian.shape == (4, 1, *SMALL_PATCH_VOX)
+    assert ct.shape == hessian.shape == target.shape == weight.shape == (8, 1, *SMALL_PATCH_VOX)
     assert ct.dtype == hessian.dtype == target.dtype == np.float32
-    assert (target.reshape(4, -1).sum(axis=1) > 0).all()
+    assert (target.reshape(8, -1).sum(axis=1) > 0).all()
     # Tumour voxels carry the scaled response 6.6 / 3.3 = 2, times the HU scale factor.
     assert 1.8 <= hessian.max() <= 2.2
     assert set(np.unique(target)) <= {0.0, 1.0}
+    assert (weight == 1).all()
+
+
+def test_sampler_surface_patches_hold_liver_edge():
+    metadata = tumour_metadata({}, response_scale=3.3)
+    sampler = PatchSampler(
+        [synthetic_case()],
+        metadata,
+        patch_shape_vox=(4, 8, 8),
+        mix=PatchMix(lesion=0.0, liver=0.0, surface=1.0),
+        augmentation=Augmentation(),
+        rng=np.random.default_rng(0),
+    )
+
+    # The edge of the liver block: liver (100 HU) and air in the patch. The random shift of
+    # up to a quarter patch can push the air just outside, so most patches, not all, hold both.
+    both = 0
+    for _ in range(20):
+        (ct, _), _, _ = sampler.sample(1)
+        both += bool(ct.max() > 0 and ct.min() < -1)
+    assert both >= 14
+
+
+def test_sampler_rejects_rotation_with_unequal_in_plane_spacing():
+    metadata = replace(tumour_metadata({}, response_scale=3.3), spacing_zyx_mm=(2.5, 1.0, 1.25))
+
+    with pytest.raises(ValueError, match="equal y and x spacing"):
+        PatchSampler(
+            [synthetic_case()],
+            metadata,
+            patch_shape_vox=SMALL_PATCH_VOX,
+            mix=PatchMix(lesion=1.0, liver=0.0),
+            augmentation=Augmentation(rotate_in_plane=True),
+            rng=np.random.default_rng(0),
+        )
 
 
 def test_sampler_pads_small_volumes():
@@ -224,14 +310,70 @@ def test_sampler_pads_small_volumes():
     sampler = PatchSampler(
         [case],
         metadata,
+        patch_shape_vox=metadata.patch_shape_vox,
         mix=PatchMix(lesion=0.0, liver=0.5),
         augmentation=Augmentation(),
         rng=np.random.default_rng(0),
     )
 
-    (ct,), target = sampler.sample(2)
+    (ct,), target, _ = sampler.sample(2)
 
     assert ct.shape == (2, 1, *metadata.patch_shape_vox)
     # The padding is air: -1024 HU clipped to -250 and divided by 150.
     assert ct.min() == pytest.approx(-250.0 / 150.0)
     assert target.sum() == 2 * 12 * 24 * 24
+
+
+def two_lesion_case() -> PreparedCase:
+    """A 40 x 80 x 80 liver block (100 HU) with two separate tumours (40 HU)."""
+    shape = (40, 80, 80)
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    label = np.zeros(shape, dtype=np.uint8)
+    hu[2:38, 4:76, 4:76] = 100.0
+    label[2:38, 4:76, 4:76] = 1
+    for start in (10, 50):
+        hu[16:22, start : start + 10, start : start + 10] = 40.0
+        label[16:22, start : start + 10, start : start + 10] = 2
+    rng = np.random.default_rng(3)
+    hu += rng.normal(0, 10, size=shape).astype(np.float32)
+    return PreparedCase("synthetic_02", hu, label, np.zeros(shape, np.float32), (2.5, 1.25, 1.25))
+
+
+def test_lesion_statistics_measure_size_and_contrast():
+    statistics = measure_lesions([two_lesion_case()], (2.5, 1.25, 1.25))
+
+    # 6 x 10 x 10 voxels of 3.90625 mm^3 = 2344 mm^3: equivalent diameter 16.5 mm.
+    assert statistics.diameters_mm == pytest.approx((16.5, 16.5), abs=0.1)
+    assert statistics.contrasts_hu == pytest.approx((-60.0, -60.0), abs=3.0)
+
+
+def test_synthetic_lesions_go_into_healthy_liver_only():
+    case = two_lesion_case()
+    statistics = measure_lesions([case], case.spacing_zyx_mm)
+    metadata = tumour_metadata({}, response_scale=1.0)
+
+    changed = insert_lesions(case, statistics, metadata, count=2, rng=np.random.default_rng(0))
+
+    new_tumour = (changed.label == 2) & (case.label != 2)
+    assert changed.case_id == "synthetic_02+synthetic"
+    assert new_tumour.sum() > 100
+    assert (case.label[new_tumour] == 1).all()
+    assert ((changed.label > 0) == (case.label > 0)).all()
+    # HU change only inside the liver, and darker there on average (negative contrast).
+    difference = changed.hu - case.hu
+    assert (difference[case.label == 0] == 0).all()
+    assert difference[new_tumour].mean() < -30
+    assert changed.blob_response.shape == case.hu.shape
+    assert np.abs(changed.blob_response[new_tumour]).max() > 0
+
+
+def test_hold_back_lesions_marks_the_rest_ignored():
+    case = two_lesion_case()
+
+    cases, kept, total = hold_back_lesions([case], 0.5, np.random.default_rng(0))
+
+    assert (kept, total) == (1, 2)
+    label = cases[0].label
+    assert (label == 2).sum() == 600
+    assert (label == IGNORE_LABEL).sum() == 600
+    assert (case.label == 2).sum() == 1200

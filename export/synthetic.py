@@ -1,0 +1,202 @@
+"""Synthetic liver tumours inserted into healthy liver of the training scans.
+
+Five labelled scans contain a dozen tumours, too few to show a network the spread of sizes, shapes
+and contrasts it meets. ``insert_lesions`` paints extra lesions into a prepared case. Their
+statistics are drawn from the real lesions of the training cases (``measure_lesions``):
+
+* size: equivalent diameter drawn uniformly between the smallest and largest real lesion,
+  limited to 6-40 mm;
+* shape: an ellipsoid with axes 0.75-1.25 times that diameter, its surface moved by smooth
+  noise of up to 15 % of the radius;
+* contrast: the HU difference between a real lesion and the liver around it, times 0.7-1.3,
+  so hypodense and hyperdense lesions both occur when the training cases have them;
+* texture: smooth noise whose standard deviation is the real lesions' HU spread beyond noise.
+
+The change is added to the scan (``hu + weight * (contrast + texture)``), so the liver's own
+noise stays. The weight falls from 1 to 0 over 2 mm at the edge, and the tumour label covers
+weight >= 0.5 inside the liver. The Hessian input of a synthetic case is recomputed from its
+new HU, so both network inputs agree.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from mhp_edge.metadata import HessianSpec, ModelMetadata
+from mhp_edge.preprocess import hessian_input
+
+logger = logging.getLogger(__name__)
+
+TUMOUR_LABEL = 2
+LIVER_LABEL = 1
+DIAMETER_LIMITS_MM = (6.0, 40.0)
+EDGE_MM = 2.0
+SHELL_MM = (2.0, 6.0)
+
+
+@dataclass(frozen=True)
+class LesionStatistics:
+    """Ranges of real lesions that synthetic ones are drawn from.
+
+    Attributes
+    ----------
+    diameters_mm : tuple of float
+        Equivalent-sphere diameter of each real lesion.
+    contrasts_hu : tuple of float
+        Mean lesion HU minus mean HU of the liver shell 2-6 mm around it, per lesion.
+    texture_std_hu : float
+        Median over lesions of the lesion's HU standard deviation beyond the liver's.
+    """
+
+    diameters_mm: tuple[float, ...]
+    contrasts_hu: tuple[float, ...]
+    texture_std_hu: float
+
+
+def measure_lesions(cases: Sequence, spacing_zyx_mm: Sequence[float]) -> LesionStatistics:
+    """Measure size, contrast and texture of every real lesion of prepared cases.
+
+    Parameters
+    ----------
+    cases : sequence of PreparedCase
+        ``hu`` (Z, Y, X) float32 and ``label`` (Z, Y, X) uint8 at ``spacing_zyx_mm``.
+    spacing_zyx_mm : sequence of 3 floats
+
+    Raises
+    ------
+    ValueError
+        If the cases hold no lesion.
+    """
+    voxel_mm3 = float(np.prod(spacing_zyx_mm))
+    diameters, contrasts, textures = [], [], []
+    for case in cases:
+        liver = case.label == LIVER_LABEL
+        components, count = ndimage.label(case.label == TUMOUR_LABEL)
+        for component in range(1, count + 1):
+            lesion = components == component
+            volume_mm3 = lesion.sum() * voxel_mm3
+            diameters.append((6 * volume_mm3 / np.pi) ** (1 / 3))
+            shell = _shell(lesion, spacing_zyx_mm) & liver
+            if shell.sum() < 10:
+                continue
+            contrasts.append(float(case.hu[lesion].mean() - case.hu[shell].mean()))
+            textures.append(max(0.0, float(case.hu[lesion].std() - case.hu[shell].std())))
+    if not diameters:
+        raise ValueError(
+            "The training cases contain no tumour voxels (label 2), so no lesion statistics exist. "
+            "Train with --synthetic-copies 0 or add cases with tumours."
+        )
+    if not contrasts:
+        raise ValueError("No real lesion has liver around it to measure its contrast against.")
+    return LesionStatistics(tuple(diameters), tuple(contrasts), float(np.median(textures)))
+
+
+def _shell(mask: np.ndarray, spacing_zyx_mm: Sequence[float]) -> np.ndarray:
+    """Return the voxels 2-6 mm outside a mask, bool (Z, Y, X)."""
+    distance_mm = ndimage.distance_transform_edt(~mask, sampling=spacing_zyx_mm)
+    return (distance_mm >= SHELL_MM[0]) & (distance_mm <= SHELL_MM[1])
+
+
+def insert_lesions(
+    case,
+    statistics: LesionStatistics,
+    metadata: ModelMetadata,
+    *,
+    count: int,
+    rng: np.random.Generator,
+):
+    """Return a copy of a prepared case with up to ``count`` synthetic lesions in healthy liver.
+
+    Parameters
+    ----------
+    case : PreparedCase
+        A tumour-model case (``hu``, ``label``, ``blob_response``) at ``metadata.spacing_zyx_mm``.
+    statistics : LesionStatistics
+        From the real lesions of the training cases.
+    metadata : ModelMetadata
+        The tumour model's metadata; its Hessian settings recompute the blob response.
+    count : int
+        Lesions to try to place. A lesion is skipped when no healthy liver voxel is deep
+        enough for it.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    PreparedCase
+        ``case_id`` gets the suffix ``+synthetic``. ``blob_response`` is the raw response
+        (response scale 1), as ``prepare_case`` stores it.
+    """
+    spacing = np.asarray(case.spacing_zyx_mm, dtype=float)
+    hu = case.hu.copy()
+    label = case.label.copy()
+    placed = 0
+    for _ in range(count):
+        diameter_mm = rng.uniform(
+            max(min(statistics.diameters_mm), DIAMETER_LIMITS_MM[0]),
+            min(max(statistics.diameters_mm), DIAMETER_LIMITS_MM[1]),
+        )
+        centre = _healthy_centre(label, spacing, diameter_mm / 2, rng)
+        if centre is None:
+            continue
+        contrast_hu = rng.choice(statistics.contrasts_hu) * rng.uniform(0.7, 1.3)
+        _paint(hu, label, centre, diameter_mm, contrast_hu, statistics.texture_std_hu, spacing, rng)
+        placed += 1
+    logger.info("Case %s: %d synthetic lesions placed", case.case_id, placed)
+
+    raw_spec = HessianSpec(metadata.hessian.scales_mm, metadata.hessian.hu_clip, 1.0)
+    response = hessian_input(hu, case.spacing_zyx_mm, raw_spec)
+    return type(case)(f"{case.case_id}+synthetic", hu, label, response, case.spacing_zyx_mm)
+
+
+def _healthy_centre(
+    label: np.ndarray, spacing: np.ndarray, radius_mm: float, rng: np.random.Generator
+) -> tuple[int, int, int] | None:
+    """Pick a healthy-liver voxel at least ``radius_mm`` + 5 mm from the liver's surface and any tumour."""
+    healthy = label == LIVER_LABEL
+    depth_mm = ndimage.distance_transform_edt(healthy, sampling=spacing)
+    candidates = np.flatnonzero(depth_mm.ravel() >= radius_mm + 5.0)
+    if candidates.size == 0:
+        return None
+    return tuple(int(i) for i in np.unravel_index(rng.choice(candidates), label.shape))
+
+
+def _paint(
+    hu: np.ndarray,
+    label: np.ndarray,
+    centre: tuple[int, int, int],
+    diameter_mm: float,
+    contrast_hu: float,
+    texture_std_hu: float,
+    spacing: np.ndarray,
+    rng: np.random.Generator,
+) -> None:
+    """Add one lesion to ``hu`` and ``label`` in place, inside a box around ``centre``."""
+    radii_mm = diameter_mm / 2 * rng.uniform(0.75, 1.25, size=3)
+    half_vox = np.ceil((radii_mm.max() * 1.3 + EDGE_MM) / spacing).astype(int)
+    box = tuple(
+        slice(max(c - h, 0), min(c + h + 1, n)) for c, h, n in zip(centre, half_vox, hu.shape, strict=True)
+    )
+    grids = np.meshgrid(
+        *[(np.arange(s.start, s.stop) - c) * d for s, c, d in zip(box, centre, spacing, strict=True)],
+        indexing="ij",
+    )
+    radius = np.sqrt(sum((g / r) ** 2 for g, r in zip(grids, radii_mm, strict=True)))
+    shape = radius.shape
+    surface_noise = ndimage.gaussian_filter(rng.normal(size=shape), sigma=max(shape) / 6)
+    surface_noise *= 0.15 / max(np.abs(surface_noise).max(), 1e-6)
+    distorted = radius + surface_noise
+
+    edge = EDGE_MM / (diameter_mm / 2)
+    weight = np.clip((1 - distorted) / edge + 0.5, 0, 1).astype(np.float32)
+    texture = ndimage.gaussian_filter(rng.normal(size=shape), sigma=1.0)
+    texture *= texture_std_hu / max(texture.std(), 1e-6)
+
+    inside_liver = label[box] > 0
+    weight *= inside_liver
+    hu[box] += weight * (np.float32(contrast_hu) + texture.astype(np.float32))
+    label[box] = np.where((weight >= 0.5) & inside_liver, np.uint8(TUMOUR_LABEL), label[box])
