@@ -1,0 +1,72 @@
+"""The ablation benchmark's post-processing choice: chosen on other cases, never the scored one."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+pytest.importorskip("torch")
+
+from benchmarks.tumour_ablation import (  # noqa: E402
+    MIN_LESION_MM3,
+    THRESHOLDS,
+    choose_postprocessing,
+    score_case,
+    summarise_variant,
+)
+
+
+def fake_scores(best: dict[str, tuple[float, float]]) -> dict[str, dict]:
+    """Scores where each case reaches Dice 0.9 at its own best pair and 0.1 elsewhere."""
+    scores = {}
+    for case, pair in best.items():
+        scores[case] = {
+            (t, m): {
+                "tumour_dice": 0.9 if (t, m) == pair else 0.1,
+                "false_positive_lesions": 0,
+                "lesions": [{"dice": 0.5, "detected": True, "diameter_mm": 20.0}],
+                "lesion_recall_large": 1.0,
+                "lesion_recall_small": None,
+                "reference_lesions": 1,
+            }
+            for t in THRESHOLDS
+            for m in MIN_LESION_MM3
+        }
+    return scores
+
+
+def test_choice_ignores_the_scored_case():
+    # Case "c" alone prefers (0.8, 1000); the two others prefer (0.3, 0).
+    scores = fake_scores({"a": (0.3, 0.0), "b": (0.3, 0.0), "c": (0.8, 1000.0)})
+    folds = {case: {"training_steps": 10, "training_lesions": 5} for case in scores}
+
+    summary = summarise_variant(scores, folds)
+
+    rows = {row["case"]: row for row in summary["cases"]}
+    assert (rows["c"]["threshold"], rows["c"]["min_lesion_mm3"]) == (0.3, 0.0)
+    assert rows["c"]["tumour_dice"] == pytest.approx(0.1)
+    assert rows["a"]["tumour_dice"] == pytest.approx(0.9)
+    assert summary["chosen_on_all"] == [0.3, 0.0]
+
+
+def test_choice_breaks_ties_by_fewer_false_positives():
+    scores = fake_scores({"a": (0.5, 100.0)})
+    for pair, result in scores["a"].items():
+        result["tumour_dice"] = 0.5
+        result["false_positive_lesions"] = 0 if pair == (0.7, 250.0) else 3
+
+    assert choose_postprocessing(scores, ["a"]) == (0.7, 250.0)
+
+
+def test_score_case_keeps_tumour_inside_reference_liver():
+    label_array = np.zeros((10, 20, 20), dtype=np.uint8)
+    label_array[2:8, 4:16, 4:16] = 1
+    label_array[4:6, 8:12, 8:12] = 2
+    label = sitk.GetImageFromArray(label_array)
+    probability = np.zeros(label_array.shape, dtype=np.float16)
+    probability[4:6, 8:12, 8:12] = 0.9
+    probability[0, 0, 0] = 0.9  # outside the liver: never counted
+
+    result = score_case(probability, label, threshold=0.5, min_mm3=0.0)
+
+    assert result["tumour_dice"] == pytest.approx(1.0)
+    assert result["false_positive_lesions"] == 0
