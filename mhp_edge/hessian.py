@@ -18,8 +18,11 @@ another gets the balance of the two, so the output changes continuously with the
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import nullcontext
 
 import numpy as np
 from scipy import ndimage
@@ -36,6 +39,12 @@ _HESSIAN_ORDERS = ((2, 0, 0), (0, 2, 0), (0, 0, 2), (1, 1, 0), (1, 0, 1), (0, 1,
 _PYRAMID_MIN_SIGMA_VOX = 4.0
 _MIN_SIGMA_VOX = 0.3
 
+# Voxels per chunk of the eigenvalue step. Its two dozen float32 temporaries then take about
+# 6 MB together instead of a full volume each. On a 70 x 141 x 173 liver region (2-core x86_64)
+# this made the step about 2 times faster and cut the stage's peak memory from 34 volumes to 13
+# (benchmarks/hessian_compare.py measures the memory).
+_EIGEN_CHUNK_VOX = 65536
+
 
 def hessian_entries(
     volume: np.ndarray,
@@ -43,6 +52,7 @@ def hessian_entries(
     sigma_mm: float,
     *,
     presmoothed_zyx_mm: Sequence[float] = (0.0, 0.0, 0.0),
+    executor: Executor | None = None,
 ) -> list[np.ndarray]:
     """Compute the six scale-normalised second derivatives of a Gaussian-smoothed volume.
 
@@ -57,6 +67,9 @@ def hessian_entries(
     presmoothed_zyx_mm : sequence of 3 floats
         Gaussian blur, in mm per axis, that the volume already carries (from building a coarser
         level); only the rest up to ``sigma_mm`` is applied here.
+    executor : concurrent.futures.Executor, optional
+        Runs the independent passes of each axis in parallel. ``scipy.ndimage`` releases the GIL
+        while it filters, so a thread pool works. The result is the same with or without it.
 
     Returns
     -------
@@ -68,21 +81,32 @@ def hessian_entries(
     sigma_vox = remaining_mm / spacing
 
     # Separable passes are shared: the z pass of order k feeds every entry that starts with k.
-    after_z = {order: _smooth_along(volume, sigma_vox[0], axis=0, order=order) for order in (0, 1, 2)}
-    after_zy: dict[tuple[int, int], np.ndarray] = {}
-    for z_order, y_order, _ in _HESSIAN_ORDERS:
-        if (z_order, y_order) not in after_zy:
-            after_zy[z_order, y_order] = _smooth_along(after_z[z_order], sigma_vox[1], axis=1, order=y_order)
-    del after_z
+    def z_pass(order: int) -> np.ndarray:
+        return _smooth_along(volume, sigma_vox[0], axis=0, order=order)
 
-    entries = []
-    for z_order, y_order, x_order in _HESSIAN_ORDERS:
-        entry = _smooth_along(after_zy[z_order, y_order], sigma_vox[2], axis=2, order=x_order)
+    def y_pass(zy_order: tuple[int, int]) -> np.ndarray:
+        return _smooth_along(after_z[zy_order[0]], sigma_vox[1], axis=1, order=zy_order[1])
+
+    z_orders = (0, 1, 2)
+    after_z = dict(zip(z_orders, _map(z_pass, z_orders, executor), strict=True))
+    zy_orders = list(dict.fromkeys(orders[:2] for orders in _HESSIAN_ORDERS))
+    after_zy = dict(zip(zy_orders, _map(y_pass, zy_orders, executor), strict=True))
+    after_z.clear()
+
+    def finish_entry(orders: tuple[int, int, int]) -> np.ndarray:
+        z_order, y_order, x_order = orders
+        # Each (z, y) pass feeds exactly one entry, so it is released as soon as it is used.
+        entry = _smooth_along(after_zy.pop((z_order, y_order)), sigma_vox[2], axis=2, order=x_order)
         # Derivatives come per voxel step; divide by the steps to get per mm.
-        per_mm2 = np.prod(spacing ** np.array((z_order, y_order, x_order)))
+        per_mm2 = np.prod(spacing ** np.array(orders))
         entry *= np.float32(sigma_mm**2 / per_mm2)
-        entries.append(entry)
-    return entries
+        return entry
+
+    return list(_map(finish_entry, _HESSIAN_ORDERS, executor))
+
+
+def _map(function: Callable, items: Iterable, executor: Executor | None) -> Iterator:
+    return map(function, items) if executor is None else executor.map(function, items)
 
 
 def gaussian_derivative_kernel(sigma_vox: float, order: int) -> np.ndarray:
@@ -168,7 +192,11 @@ def symmetric_eigenvalues(
     largest = mean + 2 * spread * np.cos(angle)
     smallest = mean + 2 * spread * np.cos(angle + np.float32(2 * np.pi / 3))
     middle = 3 * mean - largest - smallest
-    return largest.astype(np.float32), middle.astype(np.float32), smallest.astype(np.float32)
+    return (
+        largest.astype(np.float32, copy=False),
+        middle.astype(np.float32, copy=False),
+        smallest.astype(np.float32, copy=False),
+    )
 
 
 def blob_response(largest: np.ndarray, smallest: np.ndarray, middle: np.ndarray) -> np.ndarray:
@@ -191,7 +219,46 @@ def blob_response(largest: np.ndarray, smallest: np.ndarray, middle: np.ndarray)
     dark_value = smallest * smallest / np.maximum(largest, tiny)
     bright_value = -(largest * largest) / np.maximum(-smallest, tiny)
     response = np.where(dark, dark_value, np.float32(0))
-    return np.where(bright, bright_value, response).astype(np.float32)
+    return np.where(bright, bright_value, response).astype(np.float32, copy=False)
+
+
+def accumulate_blob_response(
+    entries: Sequence[np.ndarray],
+    dark: np.ndarray,
+    bright: np.ndarray,
+    *,
+    executor: Executor | None = None,
+) -> None:
+    """Update the strongest dark-blob and bright-blob responses with the Hessian of one scale.
+
+    The eigenvalues and the blob measure are computed in chunks of ``_EIGEN_CHUNK_VOX`` voxels,
+    so no full-volume temporary is made.
+
+    Parameters
+    ----------
+    entries : sequence of 6 ndarrays of shape (Z, Y, X), float32
+        Hzz, Hyy, Hxx, Hzy, Hzx, Hyx of one scale.
+    dark, bright : ndarrays of shape (Z, Y, X), float32, C-contiguous
+        Running maxima of the blob response and of its negative, updated in place.
+    executor : concurrent.futures.Executor, optional
+        Runs the chunks in parallel; numpy releases the GIL in its arithmetic.
+    """
+    if not (dark.flags.c_contiguous and bright.flags.c_contiguous):
+        raise ValueError("dark and bright must be C-contiguous so that they can be updated in place")
+    flat = [np.ravel(entry) for entry in entries]
+    dark_flat = dark.reshape(-1)
+    bright_flat = bright.reshape(-1)
+
+    def update(start: int) -> None:
+        chunk = slice(start, start + _EIGEN_CHUNK_VOX)
+        largest, middle, smallest = symmetric_eigenvalues(*(entry[chunk] for entry in flat))
+        response = blob_response(largest, smallest, middle)
+        np.maximum(dark_flat[chunk], response, out=dark_flat[chunk])
+        np.maximum(bright_flat[chunk], -response, out=bright_flat[chunk])
+
+    # Chunks write disjoint slices, so they may run in any order and in parallel.
+    for _ in _map(update, range(0, dark_flat.size, _EIGEN_CHUNK_VOX), executor):
+        pass
 
 
 def multiscale_blob_response(
@@ -200,6 +267,7 @@ def multiscale_blob_response(
     scales_mm: Sequence[float],
     *,
     pyramid: bool = True,
+    threads: int = 1,
 ) -> np.ndarray:
     """Enhance blobs over several scales: strongest dark-blob minus strongest bright-blob response.
 
@@ -215,6 +283,9 @@ def multiscale_blob_response(
         Compute large scales on subsampled grids and interpolate their Hessian entries back. On a
         liver crop this took about half the time and stayed within 2.3 % of the full-resolution
         response at the 99th percentile. The tests bound the difference.
+    threads : int
+        Threads for the filter passes and the eigenvalue step, at least 1. The result does not
+        depend on it.
 
     Returns
     -------
@@ -224,23 +295,26 @@ def multiscale_blob_response(
     """
     if volume.ndim != 3:
         raise ValueError(f"volume must be 3D (z, y, x), got shape {volume.shape}")
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     volume = np.asarray(volume, dtype=np.float32)
     spacing = np.asarray(spacing_zyx_mm, dtype=np.float64)
 
     dark = np.zeros(volume.shape, dtype=np.float32)
     bright = np.zeros(volume.shape, dtype=np.float32)
-    for sigma_mm in scales_mm:
-        factors = pyramid_factors(spacing, sigma_mm) if pyramid else (1, 1, 1)
-        coarse, blur_mm = subsample(volume, spacing, factors)
-        entries = hessian_entries(coarse, spacing * factors, sigma_mm, presmoothed_zyx_mm=blur_mm)
-        # The Hessian entries are smooth, so they interpolate well; the blob measure is not.
-        entries = [upsample_linear(entry, factors, volume.shape) for entry in entries]
-        largest, middle, smallest = symmetric_eigenvalues(*entries)
-        del entries
-        response = blob_response(largest, smallest, middle)
-        np.maximum(dark, response, out=dark)
-        np.maximum(bright, -response, out=bright)
-        logger.debug("Hessian scale %.1f mm on a grid subsampled by %s", sigma_mm, factors)
+    with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as executor:
+        for sigma_mm in scales_mm:
+            factors = pyramid_factors(spacing, sigma_mm) if pyramid else (1, 1, 1)
+            coarse, blur_mm = subsample(volume, spacing, factors)
+            entries = hessian_entries(
+                coarse, spacing * factors, sigma_mm, presmoothed_zyx_mm=blur_mm, executor=executor
+            )
+            # The Hessian entries are smooth, so they interpolate well; the blob measure is not.
+            upsample = functools.partial(upsample_linear, factors=factors, shape=volume.shape)
+            entries = list(_map(upsample, entries, executor))
+            accumulate_blob_response(entries, dark, bright, executor=executor)
+            del entries
+            logger.debug("Hessian scale %.1f mm on a grid subsampled by %s", sigma_mm, factors)
     return dark - bright
 
 
