@@ -402,7 +402,8 @@ class Segmenter:
         pad_values = [float(normalise_hu(np.float32(metadata.pad_hu), metadata))]
         if metadata.hessian is not None:
             with timer.stage("hessian"):
-                inputs.append(hessian_input(hu, metadata.spacing_zyx_mm, metadata.hessian)[np.newaxis])
+                enhanced = hessian_input(hu, metadata.spacing_zyx_mm, metadata.hessian, threads=self.threads)
+                inputs.append(enhanced[np.newaxis])
                 pad_values.append(0.0)
 
         with timer.stage("inference"):

@@ -159,7 +159,9 @@ def normalise_hu(hu: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
     return (clipped - np.float32(metadata.hu_mean)) / np.float32(metadata.hu_std)
 
 
-def hessian_input(hu: np.ndarray, spacing_zyx_mm: Sequence[float], spec: HessianSpec) -> np.ndarray:
+def hessian_input(
+    hu: np.ndarray, spacing_zyx_mm: Sequence[float], spec: HessianSpec, *, threads: int = 1
+) -> np.ndarray:
     """Compute the Hessian-enhanced twin of a CT volume as the model expects it.
 
     Parameters
@@ -170,6 +172,8 @@ def hessian_input(hu: np.ndarray, spacing_zyx_mm: Sequence[float], spec: Hessian
         Voxel spacing in mm.
     spec : HessianSpec
         Clip range, scales and response scale from the model metadata.
+    threads : int
+        Threads for the filter passes; the result does not depend on it.
 
     Returns
     -------
@@ -178,7 +182,7 @@ def hessian_input(hu: np.ndarray, spacing_zyx_mm: Sequence[float], spec: Hessian
     """
     low, high = spec.hu_clip
     clipped = np.clip(hu, low, high).astype(np.float32, copy=False)
-    response = multiscale_blob_response(clipped, spacing_zyx_mm, spec.scales_mm)
+    response = multiscale_blob_response(clipped, spacing_zyx_mm, spec.scales_mm, threads=threads)
     response /= np.float32(spec.response_scale)
     return response
 

@@ -129,3 +129,13 @@ def test_response_in_physical_units():
 def test_rejects_non_3d_volume():
     with pytest.raises(ValueError, match="must be 3D"):
         multiscale_blob_response(np.zeros((4, 4), dtype=np.float32), (1.0, 1.0, 1.0), SCALES_MM)
+
+
+def test_threads_give_identical_response():
+    rng = np.random.default_rng(7)
+    volume = ndimage.gaussian_filter(rng.normal(size=(24, 48, 40)), 1.5).astype(np.float32) * 100
+
+    single = multiscale_blob_response(volume, (2.5, 1.25, 1.25), (3.0, 6.0, 12.0), threads=1)
+    several = multiscale_blob_response(volume, (2.5, 1.25, 1.25), (3.0, 6.0, 12.0), threads=3)
+
+    np.testing.assert_array_equal(single, several)
