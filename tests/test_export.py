@@ -27,8 +27,10 @@ from export.data import (  # noqa: E402
 )
 from export.networks import LiverNet, MHPNet, PlainUNet, count_parameters  # noqa: E402
 from export.onnx_export import export_onnx, write_card  # noqa: E402
+from export.postprocessing import set_postprocessing  # noqa: E402
 from export.synthetic import insert_lesions, measure_lesions  # noqa: E402
 from export.train import Budget, dice_bce_loss, hold_back_lesions, learning_rate_at  # noqa: E402
+from mhp_edge.errors import ModelError  # noqa: E402
 from mhp_edge.metadata import METADATA_KEY, card_path_for, parse_metadata, sha256_of_file  # noqa: E402
 from mhp_edge.model import load_model  # noqa: E402
 
@@ -377,3 +379,34 @@ def test_hold_back_lesions_marks_the_rest_ignored():
     assert (label == 2).sum() == 600
     assert (label == IGNORE_LABEL).sum() == 600
     assert (case.label == 2).sum() == 1200
+
+
+def test_postprocessing_update_keeps_model_loadable(exported, tmp_path):
+    _, metadata, model_path, _ = exported
+    if metadata.task != "tumour":
+        pytest.skip("post-processing applies to tumour models")
+    copy = tmp_path / model_path.name
+    copy.write_bytes(model_path.read_bytes())
+    card_path_for(copy).write_bytes(card_path_for(model_path).read_bytes())
+
+    set_postprocessing(copy, threshold=0.4, min_component_mm3=250.0, source="a test")
+
+    loaded = load_model(copy, threads=1)
+    assert loaded.metadata.threshold == 0.4
+    assert loaded.metadata.min_component_mm3 == 250.0
+    assert loaded.metadata.provenance["postprocessing_source"] == "a test"
+    assert json.loads(card_path_for(copy).read_text())["metadata"]["threshold"] == 0.4
+
+
+def test_postprocessing_update_rejects_invalid_threshold(exported, tmp_path):
+    _, metadata, model_path, _ = exported
+    if metadata.task != "tumour":
+        pytest.skip("post-processing applies to tumour models")
+    copy = tmp_path / model_path.name
+    copy.write_bytes(model_path.read_bytes())
+    card_path_for(copy).write_bytes(card_path_for(model_path).read_bytes())
+
+    with pytest.raises(ModelError, match="threshold"):
+        set_postprocessing(copy, threshold=1.5, min_component_mm3=0.0, source="a test")
+
+    assert copy.read_bytes() == model_path.read_bytes()

@@ -1,0 +1,93 @@
+"""Write validated post-processing settings into an exported tumour model and its card.
+
+Usage::
+
+    python -m export.postprocessing MODEL.onnx --from benchmarks/results/tumour_loco.json
+        [--variant mhp-net]
+
+The threshold and minimum lesion volume are chosen by ``benchmarks.tumour_ablation`` on the
+out-of-fold probabilities of a leave-one-case-out run (``chosen_on_all`` of a variant). Training
+does not depend on them, so they can be set after training. This rewrites the metadata in the
+ONNX file and the card beside it (metadata and sha256), and records the source in the
+provenance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import onnx
+
+from export.onnx_export import _save_atomic
+from mhp_edge.metadata import METADATA_KEY, card_path_for, parse_metadata, sha256_of_file
+
+
+def set_postprocessing(model_path: Path, *, threshold: float, min_component_mm3: float, source: str) -> None:
+    """Replace the threshold and minimum component volume of an exported model.
+
+    Parameters
+    ----------
+    model_path : Path
+        An ``.onnx`` file written by ``export.onnx_export.export_onnx``, with its card beside it.
+    threshold : float
+        Probability threshold, in (0, 1).
+    min_component_mm3 : float
+        Smallest tumour component kept, in mm^3, at least 0.
+    source : str
+        Where the values come from, stored in the provenance.
+    """
+    model_path = Path(model_path)
+    model = onnx.load(str(model_path))
+    properties = {entry.key: entry for entry in model.metadata_props}
+    if METADATA_KEY not in properties:
+        raise ValueError(
+            f"{model_path}: no {METADATA_KEY} metadata; export it with export.onnx_export first."
+        )
+
+    metadata = parse_metadata(properties[METADATA_KEY].value, source=str(model_path))
+    provenance = {**metadata.provenance, "postprocessing_source": source}
+    metadata = replace(
+        metadata, threshold=threshold, min_component_mm3=min_component_mm3, provenance=provenance
+    )
+    # Parsing again runs the metadata checks on the new values before anything is written.
+    parse_metadata(metadata.to_json(), source=str(model_path))
+    properties[METADATA_KEY].value = metadata.to_json()
+    _save_atomic(model.SerializeToString(), model_path)
+
+    card_path = card_path_for(model_path)
+    card = json.loads(card_path.read_text())
+    card["metadata"] = json.loads(metadata.to_json())
+    card["sha256"] = sha256_of_file(model_path)
+    _save_atomic((json.dumps(card, indent=2) + "\n").encode(), card_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m export.postprocessing", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("model", type=Path, help="exported tumour model (.onnx) with its card")
+    parser.add_argument(
+        "--from", dest="results", type=Path, required=True, help="tumour_ablation JSON results"
+    )
+    parser.add_argument("--variant", default="mhp-net", help="variant whose chosen values to use")
+    arguments = parser.parse_args(argv)
+
+    results = json.loads(arguments.results.read_text())
+    if arguments.variant not in results.get("variants", {}):
+        parser.error(
+            f"{arguments.results} has no variant {arguments.variant!r}; it has "
+            f"{sorted(results.get('variants', {}))}."
+        )
+    threshold, min_mm3 = results["variants"][arguments.variant]["chosen_on_all"]
+    source = f"{arguments.results.name}, variant {arguments.variant}: {results['command']}"
+    set_postprocessing(arguments.model, threshold=threshold, min_component_mm3=min_mm3, source=source)
+    print(f"{arguments.model}: threshold {threshold:g}, minimum lesion {min_mm3:g} mm^3")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
