@@ -59,7 +59,9 @@ def measure(scan: Path, threads: int, repeat: int) -> dict:
     """Run the pipeline on one scan in a child process; return its timings and peak memory."""
     output = subprocess.run(
         [sys.executable, "-c", _CHILD, str(scan), str(threads), str(repeat)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return json.loads(output.strip().splitlines()[-1])
 
