@@ -352,8 +352,13 @@ def compare_tumour_inference(model: LoadedModel, twin: TorchModel, case: str, re
 # --- whole pipeline --------------------------------------------------------------------------
 
 
-def sitk_hessian_input(hu: np.ndarray, spacing_zyx_mm: Sequence[float], spec: HessianSpec) -> np.ndarray:
-    """Compute the pipeline's ``hessian_input`` with SimpleITK recursive Gaussian derivatives."""
+def sitk_hessian_input(
+    hu: np.ndarray, spacing_zyx_mm: Sequence[float], spec: HessianSpec, *, threads: int = 1
+) -> np.ndarray:
+    """Compute the pipeline's ``hessian_input`` with SimpleITK recursive Gaussian derivatives.
+
+    ``threads`` is accepted for the pipeline's call and unused: SimpleITK sizes its own pool.
+    """
     clipped = np.clip(hu, *spec.hu_clip).astype(np.float32, copy=False)
     response = sitk_recursive_response(clipped, spacing_zyx_mm, spec.scales_mm)
     return response / np.float32(spec.response_scale)

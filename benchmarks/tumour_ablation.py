@@ -59,7 +59,9 @@ from mhp_edge.pipeline import LIVER_MODEL_FILE, TUMOUR_MODEL_FILE, Segmenter, po
 
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-MIN_LESION_MM3 = (0.0, 50.0, 100.0, 250.0, 500.0, 1000.0)
+# At most 500 mm^3, below the 524 mm^3 of a 10 mm sphere: post-processing may never drop the
+# lesions of 10 mm and more that the recall target covers.
+MIN_LESION_MM3 = (0.0, 50.0, 100.0, 250.0, 500.0)
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,8 @@ def fake_scores(best: dict[str, tuple[float, float]]) -> dict[str, dict]:
 
 
 def test_choice_ignores_the_scored_case():
-    # Case "c" alone prefers (0.8, 1000); the two others prefer (0.3, 0).
-    scores = fake_scores({"a": (0.3, 0.0), "b": (0.3, 0.0), "c": (0.8, 1000.0)})
+    # Case "c" alone prefers (0.8, 500); the two others prefer (0.3, 0).
+    scores = fake_scores({"a": (0.3, 0.0), "b": (0.3, 0.0), "c": (0.8, 500.0)})
     folds = {case: {"training_steps": 10, "training_lesions": 5} for case in scores}
 
     summary = summarise_variant(scores, folds)
