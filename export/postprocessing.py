@@ -26,7 +26,14 @@ from export.onnx_export import _save_atomic
 from mhp_edge.metadata import METADATA_KEY, card_path_for, parse_metadata, sha256_of_file
 
 
-def set_postprocessing(model_path: Path, *, threshold: float, min_component_mm3: float, source: str) -> None:
+def set_postprocessing(
+    model_path: Path,
+    *,
+    threshold: float,
+    min_component_mm3: float,
+    source: str,
+    accuracy: dict | None = None,
+) -> None:
     """Replace the threshold and minimum component volume of an exported model.
 
     Parameters
@@ -39,6 +46,8 @@ def set_postprocessing(model_path: Path, *, threshold: float, min_component_mm3:
         Smallest tumour component kept, in mm^3, at least 0.
     source : str
         Where the values come from, stored in the provenance.
+    accuracy : dict, optional
+        Leave-one-case-out summary to store in the card under ``accuracy["tumour_stage_loco"]``.
     """
     model_path = Path(model_path)
     model = onnx.load(str(model_path))
@@ -62,6 +71,8 @@ def set_postprocessing(model_path: Path, *, threshold: float, min_component_mm3:
     card = json.loads(card_path.read_text())
     card["metadata"] = json.loads(metadata.to_json())
     card["sha256"] = sha256_of_file(model_path)
+    if accuracy is not None:
+        card.setdefault("accuracy", {})["tumour_stage_loco"] = accuracy
     _save_atomic((json.dumps(card, indent=2) + "\n").encode(), card_path)
 
 
@@ -82,9 +93,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{arguments.results} has no variant {arguments.variant!r}; it has "
             f"{sorted(results.get('variants', {}))}."
         )
-    threshold, min_mm3 = results["variants"][arguments.variant]["chosen_on_all"]
+    variant = results["variants"][arguments.variant]
+    threshold, min_mm3 = variant["chosen_on_all"]
     source = f"{arguments.results.name}, variant {arguments.variant}: {results['command']}"
-    set_postprocessing(arguments.model, threshold=threshold, min_component_mm3=min_mm3, source=source)
+    accuracy = {"command": results["command"], **variant["summary"]}
+    set_postprocessing(
+        arguments.model, threshold=threshold, min_component_mm3=min_mm3, source=source, accuracy=accuracy
+    )
     print(f"{arguments.model}: threshold {threshold:g}, minimum lesion {min_mm3:g} mm^3")
     return 0
 
