@@ -120,6 +120,20 @@ _TUMOUR_AUGMENTATION = Augmentation(
 )
 _TUMOUR_MIX = PatchMix(lesion=0.5, liver=0.2, surface=0.15, synthetic=0.4)
 
+
+def _tumour_recipe(**fields: Any) -> Recipe:
+    """Return a tumour recipe: the shared budget, patches, sampling and augmentation, plus ``fields``."""
+    shared = dict(
+        task="tumour",
+        default_minutes=6.0,
+        patch_shape_vox=(32, 64, 64),
+        mix=_TUMOUR_MIX,
+        augmentation=_TUMOUR_AUGMENTATION,
+        batch_size=4,
+    )
+    return Recipe(**{**shared, **fields})
+
+
 RECIPES = {
     "liver": Recipe(
         task="liver",
@@ -139,8 +153,7 @@ RECIPES = {
         batch_size=4,
         model_name="liver-net",
     ),
-    "tumour": Recipe(
-        task="tumour",
+    "tumour": _tumour_recipe(
         file_stem=TUMOUR_FILE_STEM,
         build_network=MHPNet,
         architecture=(
@@ -150,39 +163,22 @@ RECIPES = {
             "resolution, concatenation with the stems, one 3x3x3 block of 8 channels, batch norm, "
             "leaky ReLU, 1x1x1 conv to one logit"
         ),
-        default_minutes=6.0,
-        patch_shape_vox=(32, 64, 64),
-        mix=_TUMOUR_MIX,
-        augmentation=_TUMOUR_AUGMENTATION,
-        batch_size=4,
         model_name="mhp-net",
     ),
-    "tumour-no-hessian": Recipe(
-        task="tumour",
+    "tumour-no-hessian": _tumour_recipe(
         file_stem="mhp_net_no_hessian",
         build_network=lambda: MHPNet(hessian=False),
         architecture="MHPNet without the Hessian input: the CT stem has all 8 channels",
-        default_minutes=6.0,
-        patch_shape_vox=(32, 64, 64),
-        mix=_TUMOUR_MIX,
-        augmentation=_TUMOUR_AUGMENTATION,
-        batch_size=4,
         uses_hessian=False,
         model_name="mhp-net-no-hessian",
     ),
-    "tumour-plain-unet": Recipe(
-        task="tumour",
+    "tumour-plain-unet": _tumour_recipe(
         file_stem="plain_unet",
         build_network=PlainUNet,
         architecture=(
             "PlainUNet: 3x3x3 conv stem (16 channels) at full resolution, 3-level 3D U-Net of "
             "16/32/64 channels (strides 1x2x2 then 2x2x2) on the CT alone, batch norm"
         ),
-        default_minutes=6.0,
-        patch_shape_vox=(32, 64, 64),
-        mix=_TUMOUR_MIX,
-        augmentation=_TUMOUR_AUGMENTATION,
-        batch_size=4,
         uses_hessian=False,
         model_name="plain-unet",
     ),

@@ -381,13 +381,19 @@ def test_hold_back_lesions_marks_the_rest_ignored():
     assert (case.label == 2).sum() == 1200
 
 
-def test_postprocessing_update_keeps_model_loadable(exported, tmp_path):
+def copy_tumour_model(exported, folder):
+    """Copy an exported tumour model and its card into ``folder``; skip for liver models."""
     _, metadata, model_path, _ = exported
     if metadata.task != "tumour":
         pytest.skip("post-processing applies to tumour models")
-    copy = tmp_path / model_path.name
+    copy = folder / model_path.name
     copy.write_bytes(model_path.read_bytes())
     card_path_for(copy).write_bytes(card_path_for(model_path).read_bytes())
+    return copy
+
+
+def test_postprocessing_update_keeps_model_loadable(exported, tmp_path):
+    copy = copy_tumour_model(exported, tmp_path)
 
     set_postprocessing(copy, threshold=0.4, min_component_mm3=250.0, source="a test")
 
@@ -399,14 +405,10 @@ def test_postprocessing_update_keeps_model_loadable(exported, tmp_path):
 
 
 def test_postprocessing_update_rejects_invalid_threshold(exported, tmp_path):
-    _, metadata, model_path, _ = exported
-    if metadata.task != "tumour":
-        pytest.skip("post-processing applies to tumour models")
-    copy = tmp_path / model_path.name
-    copy.write_bytes(model_path.read_bytes())
-    card_path_for(copy).write_bytes(card_path_for(model_path).read_bytes())
+    copy = copy_tumour_model(exported, tmp_path)
+    original = copy.read_bytes()
 
     with pytest.raises(ModelError, match="threshold"):
         set_postprocessing(copy, threshold=1.5, min_component_mm3=0.0, source="a test")
 
-    assert copy.read_bytes() == model_path.read_bytes()
+    assert copy.read_bytes() == original
