@@ -54,7 +54,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from onnx import numpy_helper
 
-from benchmarks.hessian_compare import liver_region, sitk_recursive_response
+from benchmarks.hessian_compare import liver_region, print_table, sitk_recursive_response
 from export import networks
 from export.onnx_export import export_onnx
 from mhp_edge import pipeline
@@ -414,12 +414,6 @@ def compare_pipelines(
 
 
 # --- main ------------------------------------------------------------------------------------
-
-
-def print_table(title: str, header: str, rows: list[str]) -> None:
-    columns = header.count("|") - 1
-    print(f"\n{title}\n\n{header}\n" + "|---" * columns + "|")
-    print("\n".join(rows), flush=True)
 
 
 def main() -> None:
