@@ -8,9 +8,9 @@ Run from the repository root:
 Both sides run the same network with the same weights. The torch network is the
 ``export.networks`` class that the model card's architecture names, and its weights are the
 ONNX file's initialisers loaded by parameter name. Batch normalisations that the exporter folded
-into their convolution are rebuilt as the identity plus the folded bias. If the weights do not
-load, or both engines then differ by more than ``LOGIT_TOLERANCE`` on a random batch (an
-architecture changed without a re-export), a seeded, untrained network of that class is
+into their convolution are rebuilt as the identity plus the folded bias. The weights may not
+load, or both engines may then differ by more than ``LOGIT_TOLERANCE`` on a random batch (an
+architecture changed without a re-export). Then a seeded, untrained network of that class is
 exported to a temporary ONNX file, and both sides use that instead. Patch shape and overlap come
 from the model metadata.
 

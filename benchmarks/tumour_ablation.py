@@ -12,11 +12,12 @@ probability is then computed through the runtime (``Segmenter.tumour_probability
 reference liver. So the numbers measure the tumour stage alone; ``benchmarks/loco.py`` measures
 the whole pipeline with the liver model.
 
-Post-processing is chosen by validation, never on the case it is scored on: for each held-out
+Post-processing is chosen by validation, never on the case it is scored on. For each held-out
 case, the threshold and the minimum lesion volume are those that give the best mean tumour
-Dice over the other held-out cases' probabilities (ties: fewer false positives). The values for
-the shipped model are the best over all five cases of the ``mhp-net`` variant. They are written
-to ``export/contract.py`` by hand, with a pointer to this page.
+Dice over the other held-out cases' probabilities (ties: fewer false positives). The values
+for a model trained on all cases are the best over all held-out cases of its variant
+(``chosen_on_all``). ``export.postprocessing`` writes them into that model, and
+``export/contract.py`` contains them as the recipe's defaults.
 
 Variants (``--variants``, default all):
 

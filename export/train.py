@@ -187,7 +187,7 @@ RECIPES = {
 
 @dataclass(frozen=True)
 class DataOptions:
-    """What the training data contains beyond the labelled cases.
+    """Extra training data beyond the labelled cases: synthetic lesions and held-back lesions.
 
     Attributes
     ----------

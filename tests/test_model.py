@@ -131,8 +131,8 @@ def test_runtime_never_imports_torch():
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
 def test_loading_a_model_sends_nothing(tmp_path):
-    # strace records every socket call of a fresh interpreter that loads a model and runs it,
-    # without ORT_DISABLE_TELEMETRY in its environment (mhp_edge sets it); none may be made.
+    # strace records every socket call of a fresh interpreter that loads and runs a model. Its
+    # environment lacks ORT_DISABLE_TELEMETRY, so only mhp_edge's own setting keeps it quiet.
     path = write_linear_model(tmp_path, "tumour.onnx", make_metadata("tumour"))
     code = (
         "import numpy as np; from mhp_edge.model import load_model; "

@@ -219,7 +219,8 @@ def test_tumour_probability_thresholds_to_the_segment_mask(segmenter):
     assert probability.GetSize() == phantom.GetSize()
     assert probability.GetPixelID() == sitk.sitkFloat32
     values = sitk.GetArrayFromImage(probability)
-    assert 0.0 <= values.min() and values.max() <= 1.0
+    assert values.min() >= 0.0
+    assert values.max() <= 1.0
     metadata = segmenter.tumour_model.metadata
     tumour = postprocess_tumour(
         values,

@@ -63,7 +63,7 @@ def test_csv_has_one_row_per_lesion():
 
 
 def brute_force_diameters_mm(cross_section: np.ndarray, spacing_yx_mm) -> tuple[float, float]:
-    """Longest distance over all pixel corners, and the extent across it; no hull, no outline."""
+    """Return the maximum distance over all pixel corners and the extent across it, without a hull."""
     rows, columns = np.nonzero(cross_section)
     points = np.array(
         [
