@@ -274,6 +274,25 @@ class Segmenter:
             mask_image = _array_to_image((liver_mask != 0).astype(np.uint8), spacing_zyx_mm, origin_lps_mm)
         return self.segment(image, liver_mask=mask_image, progress=progress)
 
+    def liver_mask(self, image: sitk.Image) -> sitk.Image:
+        """Run the liver stage alone and return its mask on the input's grid.
+
+        Parameters
+        ----------
+        image : SimpleITK.Image
+            3D CT in HU.
+
+        Returns
+        -------
+        SimpleITK.Image
+            uint8, 1 = liver, with the input's exact grid; all 0 when no liver is found.
+        """
+        _check_scan(image)
+        scan = _prepare_scan(image, [])
+        hu = sitk.GetArrayViewFromImage(scan)
+        liver = np.zeros(hu.shape, dtype=bool) if is_nearly_constant(hu) else self._find_liver(scan, None)
+        return _to_input_grid(liver.astype(np.uint8), scan, image)
+
     def model_ids(self) -> dict[str, dict]:
         """Return each model's name with its file name and sha256, for reports."""
         return {

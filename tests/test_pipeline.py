@@ -232,6 +232,25 @@ def test_tumour_probability_thresholds_to_the_segment_mask(segmenter):
     np.testing.assert_array_equal(tumour, sitk.GetArrayFromImage(result.mask) == 2)
 
 
+def test_liver_mask_is_the_segment_liver_on_a_reoriented_scan(segmenter):
+    image = reoriented(liver_phantom(), (-1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0))
+
+    liver = segmenter.liver_mask(image)
+
+    assert liver.GetPixelID() == sitk.sitkUInt8
+    assert liver.GetDirection() == image.GetDirection()
+    segment_liver = sitk.GetArrayFromImage(segmenter.segment(image).mask) > 0
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(liver) == 1, segment_liver)
+    assert segment_liver.any()
+
+
+def test_liver_mask_of_a_constant_scan_is_empty(segmenter):
+    image = sitk.Image(liver_phantom())
+    image = sitk.Multiply(sitk.Cast(image, sitk.sitkFloat32), 0.0)
+
+    assert sitk.GetArrayFromImage(segmenter.liver_mask(image)).max() == 0
+
+
 def test_postprocess_drops_small_components_and_outside_liver():
     probability = np.zeros((10, 10, 10), dtype=np.float32)
     probability[1:5, 1:5, 1:5] = 0.9  # 64 voxels
