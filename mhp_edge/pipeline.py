@@ -316,26 +316,30 @@ class Segmenter:
         )
 
         # Keep the largest component (a liver is one organ) and fill its holes, where tumours
-        # the liver model did not call liver would otherwise be cut out.
+        # the liver model did not call liver would otherwise be cut out. Both steps run on the
+        # coarse grid: holes get probability 1, and everything beyond one voxel of the liver 0.
         component = _largest_component(probability > metadata.threshold)
         if not component.any():
             return np.zeros(sitk.GetArrayViewFromImage(scan).shape, dtype=bool)
-        keep = ndimage.binary_dilation(component, iterations=1)
+        filled = ndimage.binary_fill_holes(component)
+        keep = ndimage.binary_dilation(filled, iterations=1)
         probability = np.where(keep, probability, np.float32(0))
+        probability[filled & ~component] = 1.0
 
         probability_image = sitk.GetImageFromArray(probability)
         probability_image.CopyInformation(coarse)
 
         # Only the box around the kept component goes back to full resolution, so a long scan
         # never gets a full-size float copy.
+        # NOTE: the full-resolution mask is the thresholded interpolation of that cleaned map,
+        # not cleaned again. On the six labelled cases it equals cleaning at full resolution
+        # voxel for voxel, at about a third less liver-stage time.
         box = _fine_box(keep, coarse, scan)
         z, y, x = box
         region = scan[x.start : x.stop, y.start : y.stop, z.start : z.stop]
         fine = resample_like(probability_image, region, interpolator=sitk.sitkLinear)
         liver = np.zeros(sitk.GetArrayViewFromImage(scan).shape, dtype=bool)
-        liver[box] = ndimage.binary_fill_holes(
-            _largest_component(sitk.GetArrayViewFromImage(fine) > metadata.threshold)
-        )
+        liver[box] = sitk.GetArrayViewFromImage(fine) > metadata.threshold
         return liver
 
     def tumour_probability(self, image: sitk.Image, liver_mask: sitk.Image) -> sitk.Image:
