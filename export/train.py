@@ -117,6 +117,7 @@ _TUMOUR_AUGMENTATION = Augmentation(
     zoom=(0.85, 1.15),
     hu_scale=(0.9, 1.1),
     hu_shift=(-20.0, 20.0),
+    noise_hu=(0.0, 20.0),
 )
 _TUMOUR_MIX = PatchMix(lesion=0.5, liver=0.2, surface=0.15, synthetic=0.4)
 

@@ -257,6 +257,7 @@ def test_sampler_lesion_patches_hold_tumour():
             zoom=(0.85, 1.15),
             hu_scale=(0.9, 1.1),
             hu_shift=(-20, 20),
+            noise_hu=(0.0, 20.0),
         ),
         rng=np.random.default_rng(0),
     )
@@ -270,6 +271,29 @@ def test_sampler_lesion_patches_hold_tumour():
     assert 1.8 <= hessian.max() <= 2.2
     assert set(np.unique(target)) <= {0.0, 1.0}
     assert (weight == 1).all()
+
+
+def test_sampler_noise_has_the_drawn_spread_on_the_ct_only():
+    metadata = tumour_metadata({}, response_scale=3.3)
+    case = synthetic_case()
+    case.hu[case.label == 2] = 100.0
+    sampler = PatchSampler(
+        [case],
+        metadata,
+        patch_shape_vox=SMALL_PATCH_VOX,
+        mix=PatchMix(lesion=0.0, liver=1.0),
+        augmentation=Augmentation(noise_hu=(15.0, 15.0)),
+        rng=np.random.default_rng(0),
+    )
+
+    (ct, hessian), _, _ = sampler.sample(4)
+
+    # Patches of a flat 100 HU liver block: there the CT spread is the noise alone.
+    ct_hu = ct * metadata.hu_std + metadata.hu_mean
+    inside = np.abs(ct_hu - 100.0) < 100.0
+    assert inside.mean() > 0.3
+    assert ct_hu[inside].std() == pytest.approx(15.0, rel=0.1)
+    assert np.isin(hessian, [0.0, 2.0]).all()
 
 
 def test_sampler_surface_patches_hold_liver_edge():
