@@ -232,7 +232,7 @@ def test_tumour_probability_thresholds_to_the_segment_mask(segmenter):
     np.testing.assert_array_equal(tumour, sitk.GetArrayFromImage(result.mask) == 2)
 
 
-def test_liver_mask_is_the_segment_liver_on_a_reoriented_scan(segmenter):
+def test_liver_mask_matches_segment(segmenter):
     image = reoriented(liver_phantom(), (-1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0))
 
     liver = segmenter.liver_mask(image)
