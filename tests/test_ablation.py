@@ -57,6 +57,24 @@ def test_choice_breaks_ties_by_fewer_false_positives():
     assert choose_postprocessing(scores, ["a"]) == (0.7, 250.0)
 
 
+def test_choice_skips_pairs_over_false_positive_limit():
+    # The best-Dice pair gives 2 false positives per scan, above the limit of 1.
+    scores = fake_scores({"a": (0.2, 0.0), "b": (0.2, 0.0)})
+    for case in scores:
+        scores[case][(0.2, 0.0)]["false_positive_lesions"] = 2
+        scores[case][(0.4, 100.0)]["tumour_dice"] = 0.6
+
+    assert choose_postprocessing(scores, ["a", "b"]) == (0.4, 100.0)
+
+
+def test_choice_without_allowed_pair_minimises_false_positives():
+    scores = fake_scores({"a": (0.2, 0.0)})
+    for pair, result in scores["a"].items():
+        result["false_positive_lesions"] = 2 if pair == (0.8, 500.0) else 5
+
+    assert choose_postprocessing(scores, ["a"]) == (0.8, 500.0)
+
+
 def test_score_case_keeps_tumour_inside_reference_liver():
     label_array = np.zeros((10, 20, 20), dtype=np.uint8)
     label_array[2:8, 4:16, 4:16] = 1
