@@ -273,7 +273,7 @@ def test_sampler_lesion_patches_hold_tumour():
     assert (weight == 1).all()
 
 
-def test_sampler_noise_has_the_drawn_spread_on_the_ct_only():
+def test_sampler_noise_spread_on_ct_only():
     metadata = tumour_metadata({}, response_scale=3.3)
     case = synthetic_case()
     case.hu[case.label == 2] = 100.0
