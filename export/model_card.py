@@ -4,7 +4,7 @@ Usage::
 
     python -m export.model_card [--models models] [--loco benchmarks/results/loco.json]
         [--tumour-loco benchmarks/results/tumour_loco.json]
-        [--ablation benchmarks/results/tumour_ablation.json]
+        [--ablation benchmarks/results/tumour_ablation.json] [--liver-loco benchmarks/results/liver_loco.json]
 
 The runtime reads the JSON cards beside the ONNX files, so they are the source of truth. This page
 is their human-readable form and is rewritten whole.
@@ -135,10 +135,10 @@ def render_accuracy(loco: dict[str, Any] | None, tumour_card: dict[str, Any]) ->
         "",
         *(
             [
-                f"**Older than the shipped tumour model:** this run ({loco.get('date')}) used the tumour",
-                f"recipe of that date; the shipped tumour model was trained on {trained}. Its liver",
-                "columns still describe the shipped liver recipe; its tumour columns describe the",
-                "earlier tumour model. Re-run `python -m benchmarks.loco` to update them.",
+                f"**Older than the shipped models:** this run ({loco.get('date')}) used the recipes",
+                f"of that date; the shipped tumour model was trained on {trained}. The liver section",
+                "above and the tumour sections describe the current recipes. Re-run",
+                "`python -m benchmarks.loco` to update this one.",
                 "",
             ]
             if stale
@@ -181,11 +181,46 @@ def render_accuracy(loco: dict[str, Any] | None, tumour_card: dict[str, Any]) ->
     return lines
 
 
+def render_liver_accuracy(liver_loco: dict[str, Any] | None) -> list[str]:
+    """Return the Markdown lines of a ``benchmarks.liver_loco`` result: liver Dice per held-out
+    case, and tumour Dice with each fold's liver model against the reference liver."""
+    title = "## Liver accuracy and the automatic liver (leave-one-case-out)"
+    if liver_loco is None:
+        return [title, "", "Not measured yet: run `python -m benchmarks.liver_loco`.", ""]
+    summary = liver_loco["summary"]
+    lines = [
+        title,
+        "",
+        f"Command: `{liver_loco['command']}`. Each fold trained the `{liver_loco['task']}` recipe for "
+        f"{liver_loco['minutes']:g} min on {liver_loco['threads']} thread(s).",
+        "",
+        "| held-out case | liver Dice | predicted mL | reference mL |",
+        "|---|---|---|---|",
+    ]
+    for row in liver_loco["cases"]:
+        lines.append(
+            f"| {row['case']} | {row['liver_dice']:.3f} | {row['predicted_ml']:.0f} | {row['reference_ml']:.0f} |"
+        )
+    lines += ["", f"Liver Dice: {_spread(summary, 'liver_dice')}.", ""]
+    if liver_loco.get("tumour"):
+        model = summary["tumour_dice_model_liver"]["mean"]
+        reference = summary["tumour_dice_reference_liver"]["mean"]
+        lines += [
+            "Tumour Dice with each fold's liver and tumour models, at the tumour model's own "
+            f"post-processing: {model:.3f} with the liver model, {reference:.3f} with the reference "
+            f"liver ({reference - model:+.3f} lost to the automatic liver).",
+            "",
+        ]
+    return lines
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def render(models_dir: Path, loco_path: Path, tumour_loco_path: Path, ablation_path: Path) -> str:
+def render(
+    models_dir: Path, loco_path: Path, tumour_loco_path: Path, ablation_path: Path, liver_loco_path: Path
+) -> str:
     """Return the whole model card page."""
     cards = [json.loads(card_path_for(models_dir / name).read_text()) for name in MODEL_FILES]
     loco = _read_json(loco_path)
@@ -223,6 +258,7 @@ def render(models_dir: Path, loco_path: Path, tumour_loco_path: Path, ablation_p
         note="The machine's load changed during the run, so the steps per fold differ between "
         "variants; at this budget every variant is undertrained.",
     )
+    lines += render_liver_accuracy(_read_json(liver_loco_path))
     lines += render_accuracy(loco, cards[1])
     return "\n".join(lines)
 
@@ -234,8 +270,9 @@ def main() -> None:
     results = REPO_ROOT / "benchmarks" / "results"
     parser.add_argument("--tumour-loco", type=Path, default=results / "tumour_loco.json")
     parser.add_argument("--ablation", type=Path, default=results / "tumour_ablation.json")
+    parser.add_argument("--liver-loco", type=Path, default=results / "liver_loco.json")
     arguments = parser.parse_args()
-    page = render(arguments.models, arguments.loco, arguments.tumour_loco, arguments.ablation)
+    page = render(arguments.models, arguments.loco, arguments.tumour_loco, arguments.ablation, arguments.liver_loco)
     (arguments.models / "MODEL_CARD.md").write_text(page)
     print(f"Wrote {arguments.models / 'MODEL_CARD.md'}")
 
