@@ -11,8 +11,7 @@ folder (``WORK/VARIANT/CASE``). The scans are the CC BY 4.0 TCIA HCC-TACE-Seg se
 data folder's ``public/`` (``$MHP_EDGE_DATA``, else ``../shared/data``):
 
 - ``hcc_006_ct_liver.nii.gz``: one round hypodense tumour of about 27 mm (about 10 mL) in the
-  posterior right lobe, as the data's README describes it; image noise in the liver about twice
-  that of the labelled cases;
+  posterior right lobe. Image noise in its liver is two to three times that of the labelled cases.
 - ``hcc_048_ct_liver.nii.gz``: no lesion visible by eye.
 
 There are no labels, so this is no accuracy measure. It shows how much a model marks on scans
