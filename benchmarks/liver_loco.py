@@ -149,8 +149,9 @@ def render_markdown(document: dict[str, Any]) -> str:
         "",
         f"Command: `{document['command']}`",
         "",
-        f"{document['machine']}. Each fold trains the `{document['task']}` recipe for {document['minutes']:g} min of "
-        f"wall time with {document['threads']} thread(s), {document['jobs']} fold(s) at a time. "
+        f"{document['machine']}. Each fold trains the `{document['task']}` recipe for "
+        f"{document['minutes']:g} min of wall time with {document['threads']} thread(s), "
+        f"{document['jobs']} fold(s) at a time. "
         f"Recipe of commit `{document['commit']['export_commit'][:12]}`"
         f"{' with uncommitted changes' if document['commit']['export_tree_dirty'] else ''}.",
         "",
@@ -190,8 +191,12 @@ def render_markdown(document: dict[str, Any]) -> str:
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.liver_loco", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", default="liver", choices=[name for name in RECIPES if name.startswith("liver")])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.liver_loco", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--task", default="liver", choices=[name for name in RECIPES if name.startswith("liver")]
+    )
     parser.add_argument("--minutes", type=float, default=RECIPES["liver"].default_minutes)
     parser.add_argument("--jobs", type=int, default=2, help="folds trained at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads per fold")
@@ -251,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     document = {
-        "command": "python -m benchmarks.liver_loco " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.liver_loco "
+        + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()}, {multiprocessing.cpu_count()} CPUs visible",
         "commit": export_commit(),
         "task": arguments.task,

@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     for models_dir in arguments.models_dirs:
         results[str(models_dir)] = mark_public_scans(models_dir, scans, threads=arguments.threads)
         for row in results[str(models_dir)]:
-            print(f"{models_dir} {row['scan']}: {row['tumour_ml']} mL in {row['lesions']} lesions", flush=True)
+            print(
+                f"{models_dir} {row['scan']}: {row['tumour_ml']} mL in {row['lesions']} lesions", flush=True
+            )
 
     command = "python -m benchmarks.public_scans " + shlex.join(sys.argv[1:] if argv is None else argv)
     arguments.out.write_text(render_markdown(results, command))

@@ -199,7 +199,8 @@ def render_liver_accuracy(liver_loco: dict[str, Any] | None) -> list[str]:
     ]
     for row in liver_loco["cases"]:
         lines.append(
-            f"| {row['case']} | {row['liver_dice']:.3f} | {row['predicted_ml']:.0f} | {row['reference_ml']:.0f} |"
+            f"| {row['case']} | {row['liver_dice']:.3f} | {row['predicted_ml']:.0f} | "
+            f"{row['reference_ml']:.0f} |"
         )
     lines += ["", f"Liver Dice: {_spread(summary, 'liver_dice')}.", ""]
     if liver_loco.get("tumour"):
@@ -272,7 +273,9 @@ def main() -> None:
     parser.add_argument("--ablation", type=Path, default=results / "tumour_ablation.json")
     parser.add_argument("--liver-loco", type=Path, default=results / "liver_loco.json")
     arguments = parser.parse_args()
-    page = render(arguments.models, arguments.loco, arguments.tumour_loco, arguments.ablation, arguments.liver_loco)
+    page = render(
+        arguments.models, arguments.loco, arguments.tumour_loco, arguments.ablation, arguments.liver_loco
+    )
     (arguments.models / "MODEL_CARD.md").write_text(page)
     print(f"Wrote {arguments.models / 'MODEL_CARD.md'}")
 

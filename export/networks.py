@@ -208,7 +208,9 @@ class LiverNet(nn.Module):
         if fine_head:
             half = self.fine_channels // 2
             self.fine_stem = ConvBlock(1, half, norm=norm)
-            self.up = nn.ConvTranspose3d(self.widths[0], half, kernel_size=self.stem_stride, stride=self.stem_stride)
+            self.up = nn.ConvTranspose3d(
+                self.widths[0], half, kernel_size=self.stem_stride, stride=self.stem_stride
+            )
             self.fine = ConvBlock(self.fine_channels, self.fine_channels, norm=norm)
             self.head = nn.Conv3d(self.fine_channels, 1, 1)
         else:
