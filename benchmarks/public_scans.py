@@ -1,4 +1,4 @@
-"""What tumour models mark on the two unlabelled public scans, none of which any model trained on.
+"""Tumour volume that models mark on the two unlabelled public scans, which no model trained on.
 
 Run from the repository root::
 
