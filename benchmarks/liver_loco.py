@@ -31,13 +31,13 @@ import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
+from benchmarks.common import run_folds, write_result_files
 from benchmarks.loco import mean_and_sd
 from export.data import REPO_ROOT, CaseFiles, default_cache_dir, default_data_dir, find_cases
 from export.train import RECIPES, Budget, configure_logging, export_commit, train_and_export
@@ -219,25 +219,18 @@ def main(argv: list[str] | None = None) -> int:
 
     pending = [case for case in cases if not (arguments.work / case.case_id / "liver.json").is_file()]
     print(f"{len(pending)} liver folds to train, {arguments.jobs} at a time", flush=True)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=arguments.jobs, mp_context=context) as pool:
-        futures = [
-            pool.submit(
-                run_fold,
-                arguments.task,
-                case,
-                cases,
-                work_dir=arguments.work,
-                cache_dir=default_cache_dir(),
-                seed=arguments.seed,
-                minutes=arguments.minutes,
-                threads=arguments.threads,
-            )
-            for case in pending
-        ]
-        for future in futures:
-            record = future.result()
-            print(f"fold done: {record['case']}, liver Dice {record['liver_dice']:.3f}", flush=True)
+    records = run_folds(
+        run_fold,
+        [(arguments.task, case, cases) for case in pending],
+        jobs=arguments.jobs,
+        work_dir=arguments.work,
+        cache_dir=default_cache_dir(),
+        seed=arguments.seed,
+        minutes=arguments.minutes,
+        threads=arguments.threads,
+    )
+    for record in records:
+        print(f"fold done: {record['case']}, liver Dice {record['liver_dice']:.3f}", flush=True)
 
     rows = [json.loads((arguments.work / case.case_id / "liver.json").read_text()) for case in cases]
     summary: dict[str, Any] = {"liver_dice": mean_and_sd([row["liver_dice"] for row in rows])}
@@ -269,10 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         "tumour": tumour,
         "summary": summary,
     }
-    arguments.out.mkdir(parents=True, exist_ok=True)
-    (arguments.out / f"{arguments.name}.json").write_text(json.dumps(document, indent=2) + "\n")
-    (arguments.out / f"{arguments.name}.md").write_text(render_markdown(document))
-    print(f"Wrote {arguments.out / arguments.name}.md", flush=True)
+    markdown_path = write_result_files(arguments.out, arguments.name, document, render_markdown(document))
+    print(f"Wrote {markdown_path}", flush=True)
     return 0
 
 

@@ -43,7 +43,6 @@ import shlex
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from itertools import product
 from pathlib import Path
@@ -52,6 +51,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from benchmarks.common import run_folds, write_result_files
 from export.data import REPO_ROOT, CaseFiles, default_cache_dir, default_data_dir, find_cases
 from export.train import RECIPES, Budget, DataOptions, configure_logging, train_and_export
 from mhp_edge.evaluate import evaluate_masks
@@ -396,28 +396,21 @@ def main(argv: list[str] | None = None) -> int:
         if not (fold_dir(arguments.work, name, case.case_id) / "probability.npz").is_file()
     ]
     print(f"{len(pending)} folds to train, {arguments.jobs} at a time", flush=True)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=arguments.jobs, mp_context=context) as pool:
-        futures = [
-            pool.submit(
-                run_fold,
-                name,
-                case,
-                cases,
-                work_dir=arguments.work,
-                cache_dir=cache_dir,
-                seed=arguments.seed,
-                minutes=arguments.minutes,
-                threads=arguments.threads,
-            )
-            for name, case in pending
-        ]
-        for future in futures:
-            record = future.result()
-            print(
-                f"fold done: {record['variant']} / {record['case']}, {record['training_steps']} steps",
-                flush=True,
-            )
+    records = run_folds(
+        run_fold,
+        [(name, case, cases) for name, case in pending],
+        jobs=arguments.jobs,
+        work_dir=arguments.work,
+        cache_dir=cache_dir,
+        seed=arguments.seed,
+        minutes=arguments.minutes,
+        threads=arguments.threads,
+    )
+    for record in records:
+        print(
+            f"fold done: {record['variant']} / {record['case']}, {record['training_steps']} steps",
+            flush=True,
+        )
 
     labels = {case.case_id: read_image(case.label_path) for case in held_out}
     variants = {}
@@ -443,10 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         "options": {name: asdict(VARIANTS[name].options) for name in arguments.variants},
         "variants": variants,
     }
-    arguments.out.mkdir(parents=True, exist_ok=True)
-    (arguments.out / f"{arguments.name}.json").write_text(json.dumps(document, indent=2) + "\n")
-    (arguments.out / f"{arguments.name}.md").write_text(render_markdown(document))
-    print(f"Wrote {arguments.out / arguments.name}.md", flush=True)
+    markdown_path = write_result_files(arguments.out, arguments.name, document, render_markdown(document))
+    print(f"Wrote {markdown_path}", flush=True)
     return 0
 
 

@@ -6,6 +6,7 @@ import SimpleITK as sitk
 
 pytest.importorskip("torch")
 
+from benchmarks.common import run_folds, write_result_files  # noqa: E402
 from benchmarks.tumour_ablation import (  # noqa: E402
     MIN_LESION_MM3,
     THRESHOLDS,
@@ -88,3 +89,18 @@ def test_score_case_keeps_tumour_inside_reference_liver():
 
     assert result["tumour_dice"] == pytest.approx(1.0)
     assert result["false_positive_lesions"] == 0
+
+
+def test_run_folds_keeps_fold_order():
+    folds = [([("fold", index)],) for index in range(3)]
+
+    records = list(run_folds(dict, folds, jobs=2, extra=True))
+
+    assert records == [{"fold": 0, "extra": True}, {"fold": 1, "extra": True}, {"fold": 2, "extra": True}]
+
+
+def test_write_result_files_writes_json_and_markdown(tmp_path):
+    markdown_path = write_result_files(tmp_path / "out", "run", {"a": 1}, "# Run\n")
+
+    assert markdown_path.read_text() == "# Run\n"
+    assert (tmp_path / "out" / "run.json").read_text() == '{\n  "a": 1\n}\n'
