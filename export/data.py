@@ -349,10 +349,10 @@ class Augmentation:
         Range of the offset b, in HU.
     noise_hu : tuple of 2 floats
         Range of the standard deviation of white Gaussian noise added to the CT after zooming,
-        in HU at the model spacing. Scanners differ in noise about threefold (image noise in the
-        liver, at the tumour model's spacing: 6-10 HU in the labelled cases, 19 HU in the demo
-        scan), and a model that never saw noisy liver calls noise texture tumour. The Hessian
-        input is left as it is: its smallest scale averages most of that noise away.
+        in HU at the model spacing. Scanners differ in noise severalfold: image noise in the
+        liver, at the tumour model's spacing, is 1.5-10 HU in the labelled cases and 19 HU in
+        the demo scan. A model that never saw noisy liver calls noise texture tumour. The
+        Hessian input is left as it is.
     """
 
     flip_axes: tuple[int, ...] = ()
