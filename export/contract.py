@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mhp_edge.metadata import HessianSpec, ModelMetadata
+from mhp_edge.metadata import BoundarySpec, HessianSpec, ModelMetadata
 
 LIVER_FILE_STEM = "liver_net"
 TUMOUR_FILE_STEM = "mhp_net"
@@ -39,6 +39,19 @@ TUMOUR_THRESHOLD = 0.2
 TUMOUR_MIN_COMPONENT_MM3 = 250.0
 
 
+# Boundary refinement of the liver model's mask (mhp_edge.liver_boundary). The values were fixed
+# from anatomy before any run, not fitted: liver parenchyma lies between -30 (fat below) and 300 HU
+# (bone and dense contrast above); 1 mm smoothing tames noise; the core starts 4 mm inside and the
+# band is 5 mm, about the liver model's 3-4 mm voxel plus its typical 2-3 mm boundary error.
+LIVER_BOUNDARY = BoundarySpec(
+    smooth_mm=1.0,
+    core_mm=4.0,
+    core_percentiles=(5.0, 95.0),
+    reach_mm=5.0,
+    tissue_hu=(-30.0, 300.0),
+)
+
+
 def liver_metadata(provenance: dict[str, Any]) -> ModelMetadata:
     """Build the metadata of the liver model (``liver_net.onnx``).
 
@@ -65,6 +78,7 @@ def liver_metadata(provenance: dict[str, Any]) -> ModelMetadata:
         hessian=None,
         labels={0: "background", 1: "liver"},
         provenance=provenance,
+        boundary=LIVER_BOUNDARY,
     )
 
 

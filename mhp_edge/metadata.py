@@ -41,6 +41,31 @@ class HessianSpec:
 
 
 @dataclass(frozen=True)
+class BoundarySpec:
+    """Settings of the liver boundary refinement (``mhp_edge.liver_boundary``).
+
+    Attributes
+    ----------
+    smooth_mm : float
+        In-plane Gaussian standard deviation applied to the HU before they are compared, mm.
+    core_mm : float
+        Depth inside the model's liver surface beyond which voxels count as the liver's core.
+    core_percentiles : tuple of float
+        (low, high) percentiles of the core's HU: outside voxels within this range may join.
+    reach_mm : float
+        Half-width of the band around the model's surface where voxels may join or leave.
+    tissue_hu : tuple of float
+        (low, high) HU outside which a band voxel cannot be liver and leaves the mask.
+    """
+
+    smooth_mm: float
+    core_mm: float
+    core_percentiles: tuple[float, float]
+    reach_mm: float
+    tissue_hu: tuple[float, float]
+
+
+@dataclass(frozen=True)
 class ModelMetadata:
     """Preprocessing and post-processing settings of one exported model.
 
@@ -76,6 +101,8 @@ class ModelMetadata:
         Margin added around the liver before cropping (tumour models) in millimetres.
     hessian : HessianSpec or None
         Present for models with a Hessian input.
+    boundary : BoundarySpec or None
+        Liver models only: refine the liver's boundary on the full-resolution CT when present.
     labels : dict
         Output label values and their meaning, e.g. ``{0: "background", 1: "liver", 2: "tumour"}``.
     provenance : dict
@@ -99,6 +126,7 @@ class ModelMetadata:
     hessian: HessianSpec | None
     labels: dict[int, str]
     provenance: dict[str, Any]
+    boundary: BoundarySpec | None = None
 
     def to_json(self) -> str:
         """Serialise to the JSON document stored in the ONNX file."""
@@ -124,6 +152,15 @@ class ModelMetadata:
                 "scales_mm": list(self.hessian.scales_mm),
                 "hu_clip": list(self.hessian.hu_clip),
                 "response_scale": self.hessian.response_scale,
+            },
+            "boundary": None
+            if self.boundary is None
+            else {
+                "smooth_mm": self.boundary.smooth_mm,
+                "core_mm": self.boundary.core_mm,
+                "core_percentiles": list(self.boundary.core_percentiles),
+                "reach_mm": self.boundary.reach_mm,
+                "tissue_hu": list(self.boundary.tissue_hu),
             },
             "labels": {str(value): meaning for value, meaning in self.labels.items()},
             "provenance": self.provenance,
@@ -172,6 +209,17 @@ def parse_metadata(text: str, *, source: str) -> ModelMetadata:
                 hu_clip=_pair(hessian_document["hu_clip"]),
                 response_scale=float(hessian_document["response_scale"]),
             )
+        # Models exported before the boundary refinement existed have no "boundary" key.
+        boundary_document = document.get("boundary")
+        boundary = None
+        if boundary_document is not None:
+            boundary = BoundarySpec(
+                smooth_mm=float(boundary_document["smooth_mm"]),
+                core_mm=float(boundary_document["core_mm"]),
+                core_percentiles=_pair(boundary_document["core_percentiles"]),
+                reach_mm=float(boundary_document["reach_mm"]),
+                tissue_hu=_pair(boundary_document["tissue_hu"]),
+            )
         metadata = ModelMetadata(
             name=str(require("name")),
             task=str(require("task")),
@@ -190,6 +238,7 @@ def parse_metadata(text: str, *, source: str) -> ModelMetadata:
             hessian=hessian,
             labels={int(value): str(meaning) for value, meaning in require("labels").items()},
             provenance=dict(require("provenance")),
+            boundary=boundary,
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ModelError(f"{source}: model metadata has an invalid value ({err!r}).") from err
@@ -231,6 +280,8 @@ def _validate(metadata: ModelMetadata, *, source: str) -> None:
         problems.append(f"threshold is {metadata.threshold}, expected in (0, 1)")
     if metadata.min_component_mm3 < 0 or metadata.roi_margin_mm < 0:
         problems.append("min_component_mm3 and roi_margin_mm must be >= 0")
+    if metadata.boundary is not None:
+        problems.extend(_boundary_problems(metadata.boundary, task=metadata.task))
     if metadata.hessian is not None:
         scales = metadata.hessian.scales_mm
         if not scales or min(scales) <= 0 or list(scales) != sorted(scales):
@@ -239,6 +290,23 @@ def _validate(metadata: ModelMetadata, *, source: str) -> None:
             problems.append("hessian response_scale must be > 0")
     if problems:
         raise ModelError(f"{source}: inconsistent model metadata: " + "; ".join(problems) + ".")
+
+
+def _boundary_problems(boundary: BoundarySpec, *, task: str) -> list[str]:
+    problems = []
+    if task != "liver":
+        problems.append("only liver models take boundary settings")
+    if boundary.smooth_mm < 0 or boundary.core_mm <= 0 or boundary.reach_mm <= 0:
+        problems.append(
+            f"boundary smooth_mm {boundary.smooth_mm} must be >= 0, core_mm {boundary.core_mm} "
+            f"and reach_mm {boundary.reach_mm} > 0"
+        )
+    low, high = boundary.core_percentiles
+    if not 0 <= low < high <= 100:
+        problems.append(f"boundary core_percentiles {boundary.core_percentiles} must rise within 0-100")
+    if not boundary.tissue_hu[0] < boundary.tissue_hu[1]:
+        problems.append(f"boundary tissue_hu {boundary.tissue_hu} is not an increasing pair")
+    return problems
 
 
 def sha256_of_file(path: Path) -> str:

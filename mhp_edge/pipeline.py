@@ -20,6 +20,7 @@ from scipy import ndimage
 
 from mhp_edge.errors import ConfigurationError, InputImageError
 from mhp_edge.io import same_grid
+from mhp_edge.liver_boundary import refine_liver_boundary, signed_distance_mm
 from mhp_edge.model import LoadedModel, available_cpu_count, load_model
 from mhp_edge.plausibility import (
     anatomy_warnings,
@@ -326,20 +327,30 @@ class Segmenter:
         probability = np.where(keep, probability, np.float32(0))
         probability[filled & ~component] = 1.0
 
-        probability_image = sitk.GetImageFromArray(probability)
-        probability_image.CopyInformation(coarse)
-
         # Only the box around the kept component goes back to full resolution, so a long scan
-        # never gets a full-size float copy.
+        # never gets a full-size float copy. The box reaches past the boundary refinement's band.
         # NOTE: the full-resolution mask is the thresholded interpolation of that cleaned map,
         # not cleaned again. On the six labelled cases it equals cleaning at full resolution
         # voxel for voxel, and the liver stage of ircadb_01 took 0.75 s instead of 1.15 s.
-        box = _fine_box(keep, coarse, scan)
+        reach_mm = 0.0 if metadata.boundary is None else metadata.boundary.reach_mm
+        margin_vox = 1 + max(1, int(np.ceil(reach_mm / min(metadata.spacing_zyx_mm))))
+        box = _fine_box(filled, coarse, scan, margin_vox=margin_vox)
         z, y, x = box
         region = scan[x.start : x.stop, y.start : y.stop, z.start : z.stop]
-        fine = resample_like(probability_image, region, interpolator=sitk.sitkLinear)
+        liver_in_box = _on_region(probability, coarse, region) > metadata.threshold
+
+        if metadata.boundary is not None:
+            distance_mm = _on_region(signed_distance_mm(filled, metadata.spacing_zyx_mm), coarse, region)
+            liver_in_box = refine_liver_boundary(
+                sitk.GetArrayViewFromImage(scan)[box],
+                liver_in_box,
+                distance_mm,
+                image_spacing_zyx_mm(scan),
+                metadata.boundary,
+            )
+
         liver = np.zeros(sitk.GetArrayViewFromImage(scan).shape, dtype=bool)
-        liver[box] = sitk.GetArrayViewFromImage(fine) > metadata.threshold
+        liver[box] = liver_in_box
         return liver
 
     def tumour_probability(self, image: sitk.Image, liver_mask: sitk.Image) -> sitk.Image:
@@ -478,8 +489,19 @@ def postprocess_tumour(
     return _drop_small_components(tumour, min_vox=min_component_mm3 / voxel_mm3)
 
 
-def _fine_box(coarse_mask: np.ndarray, coarse: sitk.Image, fine: sitk.Image) -> tuple[slice, slice, slice]:
-    """Return the (z, y, x) slices of ``fine`` that cover a mask on ``coarse`` plus one coarse voxel.
+def _on_region(values: np.ndarray, grid: sitk.Image, region: sitk.Image) -> np.ndarray:
+    """Linearly interpolate a float32 (z, y, x) map on ``grid`` onto ``region``'s voxels."""
+    image = sitk.GetImageFromArray(values)
+    image.CopyInformation(grid)
+    return sitk.GetArrayFromImage(resample_like(image, region, interpolator=sitk.sitkLinear))
+
+
+def _fine_box(
+    coarse_mask: np.ndarray, coarse: sitk.Image, fine: sitk.Image, *, margin_vox: int = 1
+) -> tuple[slice, slice, slice]:
+    """Return the (z, y, x) slices of ``fine`` that cover a mask on ``coarse`` plus a margin.
+
+    ``margin_vox`` is counted in coarse voxels.
 
     Both grids share origin and direction (``resample_to_spacing`` keeps them), so indices scale
     by the spacing ratio.
@@ -488,8 +510,8 @@ def _fine_box(coarse_mask: np.ndarray, coarse: sitk.Image, fine: sitk.Image) -> 
     fine_shape = fine.GetSize()[::-1]
     box = []
     for axis, along in enumerate(np.nonzero(coarse_mask)):
-        start = int(np.floor((along.min() - 1) * ratio[axis]))
-        stop = int(np.ceil((along.max() + 2) * ratio[axis]))
+        start = int(np.floor((along.min() - margin_vox) * ratio[axis]))
+        stop = int(np.ceil((along.max() + 1 + margin_vox) * ratio[axis]))
         box.append(slice(max(0, start), min(fine_shape[axis], stop)))
     return box[0], box[1], box[2]
 

@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from mhp_edge.errors import ModelError
-from mhp_edge.metadata import METADATA_KEY, card_path_for, parse_metadata
+from mhp_edge.metadata import METADATA_KEY, BoundarySpec, card_path_for, parse_metadata
 from mhp_edge.model import available_cpu_count, load_model
 from model_factory import make_metadata, update_card_checksum, write_linear_model
 
@@ -29,6 +29,39 @@ def test_valid_model_loads_and_predicts(tmp_path):
 def test_metadata_round_trip():
     metadata = make_metadata("tumour")
     assert parse_metadata(metadata.to_json(), source="memory") == metadata
+
+
+BOUNDARY = BoundarySpec(
+    smooth_mm=1.0, core_mm=4.0, core_percentiles=(5.0, 95.0), reach_mm=5.0, tissue_hu=(-30.0, 300.0)
+)
+
+
+def test_liver_boundary_round_trip():
+    metadata = make_metadata("liver", boundary=BOUNDARY)
+    assert parse_metadata(metadata.to_json(), source="memory") == metadata
+
+
+def test_metadata_without_boundary_key_still_loads():
+    # Models exported before the boundary refinement have no "boundary" key.
+    document = json.loads(make_metadata("liver").to_json())
+    del document["boundary"]
+    assert parse_metadata(json.dumps(document), source="old.onnx").boundary is None
+
+
+@pytest.mark.parametrize(
+    ("task", "changes", "message"),
+    [
+        ("tumour", {}, "only liver models take boundary settings"),
+        ("liver", {"reach_mm": 0.0}, "reach_mm"),
+        ("liver", {"core_percentiles": [95.0, 5.0]}, "core_percentiles"),
+        ("liver", {"tissue_hu": [300.0, -30.0]}, "tissue_hu"),
+    ],
+)
+def test_inconsistent_boundary_rejected(task, changes, message):
+    document = json.loads(make_metadata(task, boundary=BOUNDARY).to_json())
+    document["boundary"].update(changes)
+    with pytest.raises(ModelError, match=message):
+        parse_metadata(json.dumps(document), source="model.onnx")
 
 
 def test_changed_file_rejected_by_checksum(tmp_path):

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from export.contract import LIVER_BOUNDARY
 from mhp_edge.errors import InputImageError
+from mhp_edge.evaluate import dice
 from mhp_edge.pipeline import LIVER_MODEL_FILE, TUMOUR_MODEL_FILE, Segmenter, postprocess_tumour
 from model_factory import make_metadata, write_linear_model
 from phantoms import LESION_HU, axis_aligned_directions, liver_phantom, reoriented
@@ -262,3 +264,23 @@ def test_postprocess_drops_small_components_and_outside_liver():
 
     assert tumour.sum() == 64 - 16
     assert not tumour[7, 7, 7]
+
+
+def test_liver_boundary_refinement_follows_the_phantom_liver(tmp_path):
+    # The liver model works at 4 x 3 x 3 mm; the phantom has 2 x 1.5 x 1.5 mm voxels, so the
+    # model's surface is coarse and the refinement at the scan's resolution can only help.
+    # The liver lies in fat (-100 HU), as in a body, rather than in the phantom's air.
+    phantom = liver_phantom(shape_zyx=(40, 72, 80), spacing_zyx_mm=(2.0, 1.5, 1.5))
+    truth = sitk.GetArrayFromImage(phantom) > 0
+    phantom = sitk.Maximum(phantom, -100)
+    dice_by_setting = {}
+    for setting, boundary in (("off", None), ("on", LIVER_BOUNDARY)):
+        folder = tmp_path / setting
+        folder.mkdir()
+        write_linear_model(folder, LIVER_MODEL_FILE, make_metadata("liver", boundary=boundary))
+        write_linear_model(folder, TUMOUR_MODEL_FILE, make_metadata("tumour"))
+        liver = sitk.GetArrayFromImage(Segmenter(folder, threads=1).liver_mask(phantom)) > 0
+        dice_by_setting[setting] = dice(liver, truth)
+
+    assert dice_by_setting["on"] >= dice_by_setting["off"]
+    assert dice_by_setting["on"] > 0.95

@@ -1,0 +1,86 @@
+"""Liver boundary refinement: a coarse liver surface moves onto the organ's edge in the CT."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from export.contract import LIVER_BOUNDARY
+from mhp_edge.evaluate import dice
+from mhp_edge.liver_boundary import refine_liver_boundary, signed_distance_mm
+
+SPACING_ZYX_MM = (2.0, 0.8, 0.8)
+
+
+def ellipsoid_liver(shape=(40, 100, 100), radii_mm=(30.0, 30.0, 25.0)) -> np.ndarray:
+    """Return a bool ellipsoid in the middle of a (z, y, x) grid of ``SPACING_ZYX_MM``."""
+    axes_mm = [(np.arange(n) - n / 2) * s for n, s in zip(shape, SPACING_ZYX_MM, strict=True)]
+    grids = np.meshgrid(*axes_mm, indexing="ij")
+    return sum((g / r) ** 2 for g, r in zip(grids, radii_mm, strict=True)) <= 1.0
+
+
+def phantom_ct(liver: np.ndarray, *, liver_hu=60.0, outside_hu=-100.0, noise_hu=20.0) -> np.ndarray:
+    """Return int16 HU of liver tissue in fat, with Gaussian noise of ``noise_hu``."""
+    hu = np.where(liver, liver_hu, outside_hu) + np.random.default_rng(0).normal(0, noise_hu, liver.shape)
+    return hu.astype(np.int16)
+
+
+def shifted_surface(liver: np.ndarray, shift_mm: float) -> np.ndarray:
+    """Return the liver grown (positive) or shrunk (negative) by ``shift_mm`` along its normal."""
+    return signed_distance_mm(liver, SPACING_ZYX_MM) > -shift_mm
+
+
+@pytest.mark.parametrize(("shift_mm", "min_dice"), [(-3.0, 0.90), (3.0, 0.98)])
+def test_boundary_moves_onto_the_edge(shift_mm, min_dice):
+    # A surface 3 mm inside the edge ends 1-2 mm inside it, because the smoothing mixes the last
+    # millimetre of liver with the fat beyond, so the bar is lower than for a surface outside.
+    truth = ellipsoid_liver()
+    model = shifted_surface(truth, shift_mm)
+
+    refined = refine_liver_boundary(
+        phantom_ct(truth), model, signed_distance_mm(model, SPACING_ZYX_MM), SPACING_ZYX_MM, LIVER_BOUNDARY
+    )
+
+    assert dice(model, truth) < 0.87
+    assert dice(refined, truth) > min_dice
+
+
+def test_growth_stays_within_reach_of_the_model_surface():
+    # An organ of the liver's HU touching the liver: only the band next to the model's surface joins.
+    truth = ellipsoid_liver()
+    neighbour = np.zeros_like(truth)
+    neighbour[:, :, 75:] = True
+    model = truth.copy()
+    distance_mm = signed_distance_mm(model, SPACING_ZYX_MM)
+
+    refined = refine_liver_boundary(
+        phantom_ct(truth | neighbour), model, distance_mm, SPACING_ZYX_MM, LIVER_BOUNDARY
+    )
+
+    assert refined[distance_mm < -LIVER_BOUNDARY.reach_mm].sum() == 0
+    assert refined[distance_mm > LIVER_BOUNDARY.reach_mm].all()
+
+
+def test_result_is_one_component_without_holes():
+    truth = ellipsoid_liver()
+    ct = phantom_ct(truth)
+    ct[20, 50, 50] = 1000  # a bright speck in the core stays liver: the core is not changed
+    ct[
+        truth & (signed_distance_mm(truth, SPACING_ZYX_MM) < 2.0) & (np.arange(100)[None, :, None] < 50)
+    ] = -200
+    distance_mm = signed_distance_mm(truth, SPACING_ZYX_MM)
+
+    refined = refine_liver_boundary(ct, truth, distance_mm, SPACING_ZYX_MM, LIVER_BOUNDARY)
+
+    assert ndimage.label(refined)[1] == 1
+    assert (ndimage.binary_fill_holes(refined) == refined).all()
+    assert refined[20, 50, 50]
+
+
+def test_empty_core_returns_the_model_mask():
+    model = np.zeros((10, 20, 20), dtype=bool)
+    model[5, 10, 10] = True
+    distance_mm = signed_distance_mm(model, SPACING_ZYX_MM)
+
+    refined = refine_liver_boundary(phantom_ct(model), model, distance_mm, SPACING_ZYX_MM, LIVER_BOUNDARY)
+
+    assert (refined == model).all()
