@@ -60,6 +60,14 @@ def render_model_section(card: dict[str, Any]) -> list[str]:
             f"- Hessian twin: scales {tuple(hessian['scales_mm'])} mm on CT clipped to "
             f"{tuple(hessian['hu_clip'])} HU, divided by {hessian['response_scale']}."
         )
+    boundary = metadata.get("boundary")
+    if boundary:
+        lines.append(
+            f"- Boundary refinement on the full-resolution CT: within {boundary['reach_mm']} mm of the "
+            f"model's surface, voxels join when their HU (smoothed {boundary['smooth_mm']} mm in-plane) "
+            f"lie within the {tuple(boundary['core_percentiles'])} percentiles of the liver deeper than "
+            f"{boundary['core_mm']} mm, and leave when outside {tuple(boundary['tissue_hu'])} HU."
+        )
     lines += [
         f"- Output: one logit per voxel; probability threshold {metadata.get('threshold')}, "
         f"windows overlap {metadata.get('overlap')}, components under "
@@ -181,6 +189,9 @@ def render_accuracy(loco: dict[str, Any] | None, tumour_card: dict[str, Any]) ->
     return lines
 
 
+_BOUNDARY_SETTINGS = {"model": "as in each fold model's metadata", "on": "on", "off": "off"}
+
+
 def render_liver_accuracy(liver_loco: dict[str, Any] | None) -> list[str]:
     """Return the Markdown lines of a ``benchmarks.liver_loco`` result: liver Dice per held-out
     case, and tumour Dice with each fold's liver model against the reference liver."""
@@ -192,7 +203,8 @@ def render_liver_accuracy(liver_loco: dict[str, Any] | None) -> list[str]:
         title,
         "",
         f"Command: `{liver_loco['command']}`. Each fold trained the `{liver_loco['task']}` recipe for "
-        f"{liver_loco['minutes']:g} min on {liver_loco['threads']} thread(s).",
+        f"{liver_loco['minutes']:g} min on {liver_loco['threads']} thread(s); boundary refinement: "
+        f"{_BOUNDARY_SETTINGS.get(liver_loco.get('boundary', 'model'))}.",
         "",
         "| held-out case | liver Dice | predicted mL | reference mL |",
         "|---|---|---|---|",

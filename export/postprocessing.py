@@ -1,15 +1,17 @@
-"""Write validated post-processing settings into an exported tumour model and its card.
+"""Write post-processing settings into an exported model and its card.
 
 Usage::
 
     python -m export.postprocessing MODEL.onnx --from benchmarks/results/tumour_loco.json
         [--variant mhp-net]
+    python -m export.postprocessing LIVER_MODEL.onnx --liver-boundary
 
-The threshold and minimum lesion volume are chosen by ``benchmarks.tumour_ablation`` on the
-out-of-fold probabilities of a leave-one-case-out run (``chosen_on_all`` of a variant). Training
-does not depend on them, so they can be set after training. This rewrites the metadata in the
-ONNX file and the card beside it (metadata and sha256), and records the source in the
-provenance.
+For a tumour model, the threshold and minimum lesion volume are chosen by
+``benchmarks.tumour_ablation`` on the out-of-fold probabilities of a leave-one-case-out run
+(``chosen_on_all`` of a variant). For a liver model, ``--liver-boundary`` writes the boundary
+refinement settings of ``export.contract.LIVER_BOUNDARY``. Training depends on neither, so they
+can be set after training. This rewrites the metadata in the ONNX file and the card beside it
+(metadata and sha256), and records the source in the provenance.
 """
 
 from __future__ import annotations
@@ -22,8 +24,15 @@ from pathlib import Path
 
 import onnx
 
+from export.contract import LIVER_BOUNDARY
 from export.onnx_export import _save_atomic
-from mhp_edge.metadata import METADATA_KEY, card_path_for, parse_metadata, sha256_of_file
+from mhp_edge.metadata import (
+    METADATA_KEY,
+    BoundarySpec,
+    card_path_for,
+    parse_metadata,
+    sha256_of_file,
+)
 
 
 def set_postprocessing(
@@ -49,6 +58,28 @@ def set_postprocessing(
     accuracy : dict, optional
         Leave-one-case-out summary to store in the card under ``accuracy["tumour_stage_loco"]``.
     """
+    accuracy_entries = None if accuracy is None else {"tumour_stage_loco": accuracy}
+    _rewrite_metadata(
+        model_path,
+        {"threshold": threshold, "min_component_mm3": min_component_mm3},
+        provenance_entry={"postprocessing_source": source},
+        accuracy=accuracy_entries,
+    )
+
+
+def set_liver_boundary(model_path: Path, boundary: BoundarySpec | None) -> None:
+    """Replace the boundary refinement settings of an exported liver model (None removes them)."""
+    _rewrite_metadata(
+        model_path,
+        {"boundary": boundary},
+        provenance_entry={"boundary_source": "export.contract.LIVER_BOUNDARY"},
+    )
+
+
+def _rewrite_metadata(
+    model_path: Path, changes: dict, *, provenance_entry: dict, accuracy: dict | None = None
+) -> None:
+    """Replace metadata fields of an exported model and update its card (metadata, sha256)."""
     model_path = Path(model_path)
     model = onnx.load(str(model_path))
     properties = {entry.key: entry for entry in model.metadata_props}
@@ -58,10 +89,7 @@ def set_postprocessing(
         )
 
     metadata = parse_metadata(properties[METADATA_KEY].value, source=str(model_path))
-    provenance = {**metadata.provenance, "postprocessing_source": source}
-    metadata = replace(
-        metadata, threshold=threshold, min_component_mm3=min_component_mm3, provenance=provenance
-    )
+    metadata = replace(metadata, **changes, provenance={**metadata.provenance, **provenance_entry})
     # Parsing again runs the metadata checks on the new values before anything is written.
     parse_metadata(metadata.to_json(), source=str(model_path))
     properties[METADATA_KEY].value = metadata.to_json()
@@ -72,7 +100,7 @@ def set_postprocessing(
     card["metadata"] = json.loads(metadata.to_json())
     card["sha256"] = sha256_of_file(model_path)
     if accuracy is not None:
-        card.setdefault("accuracy", {})["tumour_stage_loco"] = accuracy
+        card.setdefault("accuracy", {}).update(accuracy)
     _save_atomic((json.dumps(card, indent=2) + "\n").encode(), card_path)
 
 
@@ -80,12 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m export.postprocessing", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("model", type=Path, help="exported tumour model (.onnx) with its card")
-    parser.add_argument(
-        "--from", dest="results", type=Path, required=True, help="tumour_ablation JSON results"
+    parser.add_argument("model", type=Path, help="exported model (.onnx) with its card")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from", dest="results", type=Path, help="tumour_ablation JSON results")
+    source.add_argument(
+        "--liver-boundary", action="store_true", help="write LIVER_BOUNDARY into a liver model"
     )
     parser.add_argument("--variant", default="mhp-net", help="variant whose chosen values to use")
     arguments = parser.parse_args(argv)
+
+    if arguments.liver_boundary:
+        set_liver_boundary(arguments.model, LIVER_BOUNDARY)
+        print(f"{arguments.model}: boundary refinement {LIVER_BOUNDARY}")
+        return 0
 
     results = json.loads(arguments.results.read_text())
     if arguments.variant not in results.get("variants", {}):

@@ -16,7 +16,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from export.contract import INTENDED_USE, licences_for, liver_metadata, tumour_metadata  # noqa: E402
+from export.contract import (  # noqa: E402
+    INTENDED_USE,
+    LIVER_BOUNDARY,
+    licences_for,
+    liver_metadata,
+    tumour_metadata,
+)
 from export.data import (  # noqa: E402
     IGNORE_LABEL,
     Augmentation,
@@ -27,7 +33,7 @@ from export.data import (  # noqa: E402
 )
 from export.networks import MHPNet, PlainUNet, count_parameters  # noqa: E402
 from export.onnx_export import export_onnx, write_card  # noqa: E402
-from export.postprocessing import set_postprocessing  # noqa: E402
+from export.postprocessing import set_liver_boundary, set_postprocessing  # noqa: E402
 from export.synthetic import insert_lesions, measure_lesions  # noqa: E402
 from export.train import RECIPES, Budget, dice_bce_loss, hold_back_lesions, learning_rate_at  # noqa: E402
 from mhp_edge.errors import ModelError  # noqa: E402
@@ -405,11 +411,11 @@ def test_hold_back_lesions_marks_the_rest_ignored():
     assert (case.label == 2).sum() == 1200
 
 
-def copy_tumour_model(exported, folder):
-    """Copy an exported tumour model and its card into ``folder``; skip for liver models."""
+def copy_model(exported, folder, task):
+    """Copy an exported model of ``task`` and its card into ``folder``; skip for the other task."""
     _, metadata, model_path, _ = exported
-    if metadata.task != "tumour":
-        pytest.skip("post-processing applies to tumour models")
+    if metadata.task != task:
+        pytest.skip(f"this post-processing applies to {task} models")
     copy = folder / model_path.name
     copy.write_bytes(model_path.read_bytes())
     card_path_for(copy).write_bytes(card_path_for(model_path).read_bytes())
@@ -417,7 +423,7 @@ def copy_tumour_model(exported, folder):
 
 
 def test_postprocessing_update_keeps_model_loadable(exported, tmp_path):
-    copy = copy_tumour_model(exported, tmp_path)
+    copy = copy_model(exported, tmp_path, "tumour")
 
     set_postprocessing(copy, threshold=0.4, min_component_mm3=250.0, source="a test")
 
@@ -429,10 +435,22 @@ def test_postprocessing_update_keeps_model_loadable(exported, tmp_path):
 
 
 def test_postprocessing_update_rejects_invalid_threshold(exported, tmp_path):
-    copy = copy_tumour_model(exported, tmp_path)
+    copy = copy_model(exported, tmp_path, "tumour")
     original = copy.read_bytes()
 
     with pytest.raises(ModelError, match="threshold"):
         set_postprocessing(copy, threshold=1.5, min_component_mm3=0.0, source="a test")
 
     assert copy.read_bytes() == original
+
+
+def test_liver_boundary_update_keeps_model_loadable(exported, tmp_path):
+    copy = copy_model(exported, tmp_path, "liver")
+
+    set_liver_boundary(copy, None)
+    assert load_model(copy, threads=1).metadata.boundary is None
+
+    set_liver_boundary(copy, LIVER_BOUNDARY)
+    loaded = load_model(copy, threads=1)
+    assert loaded.metadata.boundary == LIVER_BOUNDARY
+    assert json.loads(card_path_for(copy).read_text())["metadata"]["boundary"]["reach_mm"] == 5.0
