@@ -16,6 +16,11 @@ tumour model: once with the fold's liver model and once with the reference liver
 model's own threshold and minimum volume are used in both runs. The difference between the two
 tumour Dice values is what the automatic liver costs.
 
+``--boundary on`` or ``off`` overrides, in memory, whether the fold liver models refine their
+boundary (``mhp_edge.liver_boundary``); ``model`` (the default) keeps what their metadata says.
+``--rescore`` trains nothing and scores the fold models already in ``--work`` again, for example
+with another ``--boundary``.
+
 Folds run ``--jobs`` at a time, each with ``--threads`` torch and onnxruntime threads; a rerun
 only trains the folds whose ``liver.json`` is missing in ``--work``.
 """
@@ -31,6 +36,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +45,7 @@ import SimpleITK as sitk
 
 from benchmarks.common import run_folds, write_result_files
 from benchmarks.loco import mean_and_sd
+from export.contract import LIVER_BOUNDARY
 from export.data import REPO_ROOT, CaseFiles, default_cache_dir, default_data_dir, find_cases
 from export.train import RECIPES, Budget, configure_logging, export_commit, train_and_export
 from mhp_edge.evaluate import dice, evaluate_masks
@@ -90,31 +97,49 @@ def run_fold(
 
     # Segmenter loads a tumour model too, but the liver stage does not run it.
     _copy_model(REPO_ROOT / "models", folder, TUMOUR_MODEL_FILE)
-    image = read_image(held_out.ct_path)
-    reference = sitk.GetArrayFromImage(read_image(held_out.label_path)) >= 1
-    segmenter = Segmenter(models_dir=folder, threads=threads)
-    start = time.monotonic()
-    predicted = sitk.GetArrayFromImage(segmenter.liver_mask(image)) > 0
-    liver_time_s = time.monotonic() - start
-
     record = {
         "case": held_out.case_id,
         "training_cases": [case.case_id for case in training],
         "training_steps": provenance["training_steps"],
+        **score_liver(held_out, folder, threads=threads, boundary="model"),
+    }
+    (folder / "liver.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def fold_segmenter(models_dir: Path, *, threads: int, boundary: str) -> Segmenter:
+    """Load a fold's models; ``boundary`` "on" or "off" overrides the liver boundary refinement."""
+    segmenter = Segmenter(models_dir=models_dir, threads=threads)
+    if boundary != "model":
+        liver_model = segmenter.liver_model
+        spec = LIVER_BOUNDARY if boundary == "on" else None
+        segmenter.liver_model = replace(liver_model, metadata=replace(liver_model.metadata, boundary=spec))
+    return segmenter
+
+
+def score_liver(case: CaseFiles, folder: Path, *, threads: int, boundary: str) -> dict[str, Any]:
+    """Run a fold's liver stage on its held-out case; return Dice, volumes and the stage's wall time."""
+    image = read_image(case.ct_path)
+    reference = sitk.GetArrayFromImage(read_image(case.label_path)) >= 1
+    segmenter = fold_segmenter(folder, threads=threads, boundary=boundary)
+    start = time.monotonic()
+    predicted = sitk.GetArrayFromImage(segmenter.liver_mask(image)) > 0
+    liver_time_s = time.monotonic() - start
+    return {
         "liver_dice": round(float(dice(predicted, reference)), 4),
         "predicted_ml": round(float(predicted.sum()) * _voxel_ml(image), 1),
         "reference_ml": round(float(reference.sum()) * _voxel_ml(image), 1),
         "liver_stage_s": round(liver_time_s, 2),
     }
-    (folder / "liver.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
 
 
 def _voxel_ml(image: sitk.Image) -> float:
     return float(np.prod(image.GetSpacing())) / 1000.0
 
 
-def tumour_with_both_livers(case: CaseFiles, liver_fold: Path, tumour_fold: Path, *, threads: int) -> dict:
+def tumour_with_both_livers(
+    case: CaseFiles, liver_fold: Path, tumour_fold: Path, *, threads: int, boundary: str
+) -> dict:
     """Segment a case end to end with its fold's liver and tumour models, and with the reference liver.
 
     Returns
@@ -128,7 +153,7 @@ def tumour_with_both_livers(case: CaseFiles, liver_fold: Path, tumour_fold: Path
     with tempfile.TemporaryDirectory(prefix="mhp-edge-pair-") as pair:
         _copy_model(liver_fold, Path(pair), LIVER_MODEL_FILE)
         _copy_model(tumour_fold, Path(pair), TUMOUR_MODEL_FILE)
-        segmenter = Segmenter(models_dir=Path(pair), threads=threads)
+        segmenter = fold_segmenter(Path(pair), threads=threads, boundary=boundary)
         runs = {}
         for run_name, liver_mask in (("model_liver", None), ("reference_liver", label)):
             scores = evaluate_masks(segmenter.segment(image, liver_mask=liver_mask).mask, label)
@@ -139,6 +164,13 @@ def tumour_with_both_livers(case: CaseFiles, liver_fold: Path, tumour_fold: Path
                 "false_positive_lesions": scores["false_positive_lesions"],
             }
     return runs
+
+
+_BOUNDARY_SETTINGS = {
+    "model": "as each fold model's metadata says",
+    "on": "on for every fold (`--boundary on`)",
+    "off": "off for every fold (`--boundary off`)",
+}
 
 
 def render_markdown(document: dict[str, Any]) -> str:
@@ -153,7 +185,8 @@ def render_markdown(document: dict[str, Any]) -> str:
         f"{document['minutes']:g} min of wall time with {document['threads']} thread(s), "
         f"{document['jobs']} fold(s) at a time. "
         f"Recipe of commit `{document['commit']['export_commit'][:12]}`"
-        f"{' with uncommitted changes' if document['commit']['export_tree_dirty'] else ''}.",
+        f"{' with uncommitted changes' if document['commit']['export_tree_dirty'] else ''}. "
+        f"Liver boundary refinement: {_BOUNDARY_SETTINGS[document.get('boundary', 'model')]}.",
         "",
         "| case | liver Dice | predicted mL | reference mL | liver stage s | steps |",
         "|---|---|---|---|---|---|",
@@ -206,6 +239,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     parser.add_argument("--name", default="liver_loco", help="stem of the .json and .md results")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--boundary", default="model", choices=("model", "on", "off"), help="liver boundary refinement"
+    )
+    parser.add_argument("--rescore", action="store_true", help="score the existing folds, train nothing")
     arguments = parser.parse_args(argv)
     if arguments.minutes <= 0 or arguments.jobs < 1 or arguments.threads < 1:
         parser.error("--minutes must be > 0, --jobs and --threads >= 1")
@@ -218,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     cases = find_cases(arguments.cases or default_data_dir() / "cases")
 
     pending = [case for case in cases if not (arguments.work / case.case_id / "liver.json").is_file()]
+    if arguments.rescore and pending:
+        missing = [case.case_id for case in pending]
+        raise SystemExit(f"--rescore: {arguments.work} holds no trained fold for {missing}.")
     print(f"{len(pending)} liver folds to train, {arguments.jobs} at a time", flush=True)
     records = run_folds(
         run_fold,
@@ -233,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fold done: {record['case']}, liver Dice {record['liver_dice']:.3f}", flush=True)
 
     rows = [json.loads((arguments.work / case.case_id / "liver.json").read_text()) for case in cases]
+    if arguments.rescore or arguments.boundary != "model":
+        for case, row in zip(cases, rows, strict=True):
+            folder = arguments.work / case.case_id
+            row.update(score_liver(case, folder, threads=arguments.threads, boundary=arguments.boundary))
     summary: dict[str, Any] = {"liver_dice": mean_and_sd([row["liver_dice"] for row in rows])}
     tumour = {}
     if arguments.tumour_folds is not None:
@@ -240,7 +284,11 @@ def main(argv: list[str] | None = None) -> int:
             tumour_fold = arguments.tumour_folds / case.case_id
             if (tumour_fold / TUMOUR_MODEL_FILE).is_file():
                 tumour[case.case_id] = tumour_with_both_livers(
-                    case, arguments.work / case.case_id, tumour_fold, threads=arguments.threads
+                    case,
+                    arguments.work / case.case_id,
+                    tumour_fold,
+                    threads=arguments.threads,
+                    boundary=arguments.boundary,
                 )
                 print(case.case_id, json.dumps(tumour[case.case_id]), flush=True)
         for run_name in ("model_liver", "reference_liver"):
@@ -257,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         "minutes": arguments.minutes,
         "jobs": arguments.jobs,
         "threads": arguments.threads,
+        "boundary": arguments.boundary,
         "tumour_folds": str(arguments.tumour_folds) if arguments.tumour_folds else None,
         "cases": rows,
         "tumour": tumour,
