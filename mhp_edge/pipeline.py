@@ -340,7 +340,15 @@ class Segmenter:
         liver_in_box = _on_region(probability, coarse, region) > metadata.threshold
 
         if metadata.boundary is not None:
-            distance_mm = _on_region(signed_distance_mm(filled, metadata.spacing_zyx_mm), coarse, region)
+            # The distance transform runs on the coarse box around the liver, not the whole scan.
+            cz, cy, cx = _grown_box(filled, margin_vox + 1)
+            coarse_region = coarse[cx.start : cx.stop, cy.start : cy.stop, cz.start : cz.stop]
+            distance_mm = _on_region(
+                signed_distance_mm(filled[cz, cy, cx], metadata.spacing_zyx_mm),
+                coarse_region,
+                region,
+                outside=-1e3,
+            )
             liver_in_box = refine_liver_boundary(
                 sitk.GetArrayViewFromImage(scan)[box],
                 liver_in_box,
@@ -489,11 +497,27 @@ def postprocess_tumour(
     return _drop_small_components(tumour, min_vox=min_component_mm3 / voxel_mm3)
 
 
-def _on_region(values: np.ndarray, grid: sitk.Image, region: sitk.Image) -> np.ndarray:
-    """Linearly interpolate a float32 (z, y, x) map on ``grid`` onto ``region``'s voxels."""
+def _on_region(
+    values: np.ndarray, grid: sitk.Image, region: sitk.Image, *, outside: float = 0.0
+) -> np.ndarray:
+    """Linearly interpolate a float32 (z, y, x) map on ``grid`` onto ``region``'s voxels.
+
+    ``outside`` fills the voxels of ``region`` that lie beyond ``grid``.
+    """
     image = sitk.GetImageFromArray(values)
     image.CopyInformation(grid)
-    return sitk.GetArrayFromImage(resample_like(image, region, interpolator=sitk.sitkLinear))
+    resampled = resample_like(image, region, interpolator=sitk.sitkLinear, default_value=outside)
+    return sitk.GetArrayFromImage(resampled)
+
+
+def _grown_box(mask: np.ndarray, margin_vox: int) -> tuple[slice, slice, slice]:
+    """Return the (z, y, x) slices of a non-empty mask's bounding box grown by ``margin_vox``."""
+    box = _nonzero_box(mask)
+    z, y, x = (
+        slice(max(0, part.start - margin_vox), min(size, part.stop + margin_vox))
+        for part, size in zip(box, mask.shape, strict=True)
+    )
+    return z, y, x
 
 
 def _fine_box(
