@@ -107,6 +107,12 @@ def run_fold(
     return record
 
 
+def _fold_commit(folder: Path) -> dict[str, Any]:
+    """Return the export commit and tree state recorded in a fold liver model's card."""
+    provenance = json.loads(card_path_for(folder / LIVER_MODEL_FILE).read_text())["metadata"]["provenance"]
+    return {key: provenance[key] for key in ("export_commit", "export_tree_dirty")}
+
+
 def fold_segmenter(models_dir: Path, *, threads: int, boundary: str) -> Segmenter:
     """Load a fold's models; ``boundary`` "on" or "off" overrides the liver boundary refinement."""
     segmenter = Segmenter(models_dir=models_dir, threads=threads)
@@ -166,6 +172,12 @@ def tumour_with_both_livers(
     return runs
 
 
+def _rescored_note(scored_at: dict[str, Any] | None) -> str:
+    if scored_at is None:
+        return ""
+    return f", scored again (`--rescore`) with the runtime of commit `{scored_at['export_commit'][:12]}`"
+
+
 _BOUNDARY_SETTINGS = {
     "model": "as each fold model's metadata says",
     "on": "on for every fold (`--boundary on`)",
@@ -185,7 +197,8 @@ def render_markdown(document: dict[str, Any]) -> str:
         f"{document['minutes']:g} min of wall time with {document['threads']} thread(s), "
         f"{document['jobs']} fold(s) at a time. "
         f"Recipe of commit `{document['commit']['export_commit'][:12]}`"
-        f"{' with uncommitted changes' if document['commit']['export_tree_dirty'] else ''}. "
+        f"{' with uncommitted changes' if document['commit']['export_tree_dirty'] else ''}"
+        f"{_rescored_note(document.get('scored_at_commit'))}. "
         f"Liver boundary refinement: {_BOUNDARY_SETTINGS[document.get('boundary', 'model')]}.",
         "",
         "| case | liver Dice | predicted mL | reference mL | liver stage s | steps |",
@@ -300,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m benchmarks.liver_loco "
         + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()}, {multiprocessing.cpu_count()} CPUs visible",
-        "commit": export_commit(),
+        "commit": _fold_commit(arguments.work / cases[0].case_id) if arguments.rescore else export_commit(),
+        "scored_at_commit": export_commit() if arguments.rescore else None,
         "task": arguments.task,
         "minutes": arguments.minutes,
         "jobs": arguments.jobs,
