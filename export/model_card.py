@@ -4,7 +4,8 @@ Usage::
 
     python -m export.model_card [--models models] [--loco benchmarks/results/loco.json]
         [--tumour-loco benchmarks/results/tumour_loco.json]
-        [--ablation benchmarks/results/tumour_ablation.json] [--liver-loco benchmarks/results/liver_loco_12min_boundary.json]
+        [--ablation benchmarks/results/tumour_ablation.json]
+        [--liver-loco benchmarks/results/liver_loco_12min_boundary.json]
 
 The runtime reads the JSON cards beside the ONNX files, so they are the source of truth. This page
 is their human-readable form and is rewritten whole.
@@ -66,7 +67,8 @@ def render_model_section(card: dict[str, Any]) -> list[str]:
             f"- Boundary refinement on the full-resolution CT: within {boundary['reach_mm']} mm of the "
             f"model's surface, voxels join when their HU (smoothed {boundary['smooth_mm']} mm in-plane) "
             f"lie within the {tuple(boundary['core_percentiles'])} percentiles of the liver deeper than "
-            f"{boundary['core_mm']} mm, and leave when outside {tuple(boundary['tissue_hu'])} HU."
+            f"{boundary['core_mm']} mm, and leave when outside {tuple(boundary['tissue_hu'])} HU; "
+            f"scans finer than about {boundary['grid_mm']} mm in-plane are refined on a subsampled grid."
         )
     lines += [
         f"- Output: one logit per voxel; probability threshold {metadata.get('threshold')}, "

@@ -56,6 +56,9 @@ class BoundarySpec:
         Half-width of the band around the model's surface where voxels may join or leave.
     tissue_hu : tuple of float
         (low, high) HU outside which a band voxel cannot be liver and leaves the mask.
+    grid_mm : float
+        In-plane spacing the refinement works at, mm. Finer scans are refined on every n-th row
+        and column, n the whole number nearest to grid_mm / spacing (2 for a 0.57 mm scan and grid_mm 1).
     """
 
     smooth_mm: float
@@ -63,6 +66,7 @@ class BoundarySpec:
     core_percentiles: tuple[float, float]
     reach_mm: float
     tissue_hu: tuple[float, float]
+    grid_mm: float
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,7 @@ class ModelMetadata:
                 "core_percentiles": list(self.boundary.core_percentiles),
                 "reach_mm": self.boundary.reach_mm,
                 "tissue_hu": list(self.boundary.tissue_hu),
+                "grid_mm": self.boundary.grid_mm,
             },
             "labels": {str(value): meaning for value, meaning in self.labels.items()},
             "provenance": self.provenance,
@@ -219,6 +224,7 @@ def parse_metadata(text: str, *, source: str) -> ModelMetadata:
                 core_percentiles=_pair(boundary_document["core_percentiles"]),
                 reach_mm=float(boundary_document["reach_mm"]),
                 tissue_hu=_pair(boundary_document["tissue_hu"]),
+                grid_mm=float(boundary_document["grid_mm"]),
             )
         metadata = ModelMetadata(
             name=str(require("name")),
@@ -296,10 +302,10 @@ def _boundary_problems(boundary: BoundarySpec, *, task: str) -> list[str]:
     problems = []
     if task != "liver":
         problems.append("only liver models take boundary settings")
-    if boundary.smooth_mm < 0 or boundary.core_mm <= 0 or boundary.reach_mm <= 0:
+    if boundary.smooth_mm < 0 or min(boundary.core_mm, boundary.reach_mm, boundary.grid_mm) <= 0:
         problems.append(
-            f"boundary smooth_mm {boundary.smooth_mm} must be >= 0, core_mm {boundary.core_mm} "
-            f"and reach_mm {boundary.reach_mm} > 0"
+            f"boundary smooth_mm {boundary.smooth_mm} must be >= 0, core_mm {boundary.core_mm}, "
+            f"reach_mm {boundary.reach_mm} and grid_mm {boundary.grid_mm} > 0"
         )
     low, high = boundary.core_percentiles
     if not 0 <= low < high <= 100:

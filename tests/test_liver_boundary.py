@@ -6,14 +6,16 @@ from scipy import ndimage
 
 from export.contract import LIVER_BOUNDARY
 from mhp_edge.evaluate import dice
-from mhp_edge.liver_boundary import refine_liver_boundary, signed_distance_mm
+from mhp_edge.liver_boundary import in_plane_step, refine_liver_boundary, signed_distance_mm
 
 SPACING_ZYX_MM = (2.0, 0.8, 0.8)
 
 
-def ellipsoid_liver(shape=(40, 100, 100), radii_mm=(30.0, 30.0, 25.0)) -> np.ndarray:
-    """Return a bool ellipsoid in the middle of a (z, y, x) grid of ``SPACING_ZYX_MM``."""
-    axes_mm = [(np.arange(n) - n / 2) * s for n, s in zip(shape, SPACING_ZYX_MM, strict=True)]
+def ellipsoid_liver(
+    shape=(40, 100, 100), radii_mm=(30.0, 30.0, 25.0), spacing_zyx_mm=SPACING_ZYX_MM
+) -> np.ndarray:
+    """Return a bool ellipsoid in the middle of a (z, y, x) grid."""
+    axes_mm = [(np.arange(n) - n / 2) * s for n, s in zip(shape, spacing_zyx_mm, strict=True)]
     grids = np.meshgrid(*axes_mm, indexing="ij")
     return sum((g / r) ** 2 for g, r in zip(grids, radii_mm, strict=True)) <= 1.0
 
@@ -42,6 +44,26 @@ def test_boundary_moves_onto_the_edge(shift_mm, min_dice):
 
     assert dice(model, truth) < 0.87
     assert dice(refined, truth) > min_dice
+
+
+def test_fine_scan_refined_on_subsampled_grid():
+    spacing_zyx_mm = (2.0, 0.5, 0.5)
+    truth = ellipsoid_liver(shape=(40, 160, 160), spacing_zyx_mm=spacing_zyx_mm)
+    model = signed_distance_mm(truth, spacing_zyx_mm) > 3.0
+
+    refined = refine_liver_boundary(
+        phantom_ct(truth), model, signed_distance_mm(model, spacing_zyx_mm), spacing_zyx_mm, LIVER_BOUNDARY
+    )
+
+    assert in_plane_step(spacing_zyx_mm, LIVER_BOUNDARY.grid_mm) == 2
+    assert refined.shape == truth.shape
+    assert dice(model, truth) < 0.87
+    assert dice(refined, truth) > 0.90
+
+
+@pytest.mark.parametrize(("spacing_mm", "step"), [(0.57, 2), (0.7, 1), (0.98, 1), (0.3, 3), (3.0, 1)])
+def test_in_plane_step_nearest_to_grid(spacing_mm, step):
+    assert in_plane_step((5.0, spacing_mm, spacing_mm), 1.0) == step
 
 
 def test_growth_stays_within_reach_of_the_model_surface():

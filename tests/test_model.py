@@ -32,7 +32,12 @@ def test_metadata_round_trip():
 
 
 BOUNDARY = BoundarySpec(
-    smooth_mm=1.0, core_mm=4.0, core_percentiles=(5.0, 95.0), reach_mm=5.0, tissue_hu=(-30.0, 300.0)
+    smooth_mm=1.0,
+    core_mm=4.0,
+    core_percentiles=(5.0, 95.0),
+    reach_mm=5.0,
+    tissue_hu=(-30.0, 300.0),
+    grid_mm=1.0,
 )
 
 
@@ -53,6 +58,7 @@ def test_metadata_without_boundary_key_still_loads():
     [
         ("tumour", {}, "only liver models take boundary settings"),
         ("liver", {"reach_mm": 0.0}, "reach_mm"),
+        ("liver", {"grid_mm": -1.0}, "grid_mm"),
         ("liver", {"core_percentiles": [95.0, 5.0]}, "core_percentiles"),
         ("liver", {"tissue_hu": [300.0, -30.0]}, "tissue_hu"),
     ],
