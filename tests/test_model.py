@@ -10,8 +10,9 @@ import numpy as np
 import onnx
 import pytest
 
+from export.contract import LIVER_BOUNDARY
 from mhp_edge.errors import ModelError
-from mhp_edge.metadata import METADATA_KEY, BoundarySpec, card_path_for, parse_metadata
+from mhp_edge.metadata import METADATA_KEY, card_path_for, parse_metadata
 from mhp_edge.model import available_cpu_count, load_model
 from model_factory import make_metadata, update_card_checksum, write_linear_model
 
@@ -31,18 +32,10 @@ def test_metadata_round_trip():
     assert parse_metadata(metadata.to_json(), source="memory") == metadata
 
 
-BOUNDARY = BoundarySpec(
-    smooth_mm=1.0,
-    core_mm=4.0,
-    core_percentiles=(5.0, 95.0),
-    reach_mm=5.0,
-    tissue_hu=(-30.0, 300.0),
-    grid_mm=1.0,
-)
 
 
 def test_liver_boundary_round_trip():
-    metadata = make_metadata("liver", boundary=BOUNDARY)
+    metadata = make_metadata("liver", boundary=LIVER_BOUNDARY)
     assert parse_metadata(metadata.to_json(), source="memory") == metadata
 
 
@@ -64,7 +57,7 @@ def test_metadata_without_boundary_key_still_loads():
     ],
 )
 def test_inconsistent_boundary_rejected(task, changes, message):
-    document = json.loads(make_metadata(task, boundary=BOUNDARY).to_json())
+    document = json.loads(make_metadata(task, boundary=LIVER_BOUNDARY).to_json())
     document["boundary"].update(changes)
     with pytest.raises(ModelError, match=message):
         parse_metadata(json.dumps(document), source="model.onnx")
