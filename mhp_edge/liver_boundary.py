@@ -53,9 +53,10 @@ def refine_liver_boundary(
         CT in HU around the liver, any real dtype.
     liver : ndarray of shape (Z, Y, X), bool
         The liver model's mask on the same grid.
-    distance_mm : ndarray of shape (Z, Y, X), float32
+    distance_mm : ndarray, float32
         Signed distance to the model's liver surface in mm, positive inside
-        (``signed_distance_mm`` on the coarse grid, interpolated to this one).
+        (``signed_distance_mm`` on the coarse grid, interpolated to this one), on the refinement's
+        grid: ``hu[:, ::step, ::step]`` with ``step = in_plane_step(spacing_zyx_mm, spec.grid_mm)``.
     spacing_zyx_mm : tuple of 3 floats
         Voxel spacing of ``hu`` in mm.
     spec : BoundarySpec
@@ -69,13 +70,18 @@ def refine_liver_boundary(
     """
     # NOTE: the smoothing mixes the last millimetre of liver with the fat beyond it, so an edge
     # against fat settles up to 1-2 mm inside the organ (a phantom test measures it).
-    smoothed_hu = _smooth_in_plane(hu, spacing_zyx_mm, spec.smooth_mm)
-
     # Scans much finer in-plane than spec.grid_mm are refined on every step-th row and column.
-    # The smoothing above keeps the subsampled HU free of aliasing.
+    # The noise of the subsampled HU stays white, so smoothing them afterwards tames it as well.
     step = in_plane_step(spacing_zyx_mm, spec.grid_mm)
     on_grid = (slice(None), slice(None, None, step), slice(None, None, step))
-    refined = _refine_on_grid(smoothed_hu[on_grid], liver[on_grid], distance_mm[on_grid], spec)
+    grid_spacing_mm = (spacing_zyx_mm[0], spacing_zyx_mm[1] * step, spacing_zyx_mm[2] * step)
+    smoothed_hu = _smooth_in_plane(hu[on_grid], grid_spacing_mm, spec.smooth_mm)
+    if distance_mm.shape != smoothed_hu.shape:
+        raise ValueError(
+            f"distance_mm has shape {distance_mm.shape}, expected the refinement grid's "
+            f"{smoothed_hu.shape} (rows and columns subsampled by {step})."
+        )
+    refined = _refine_on_grid(smoothed_hu, liver[on_grid], distance_mm, spec)
     if refined is None:
         return liver
     if step == 1:

@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from mhp_edge.errors import ConfigurationError, InputImageError
 from mhp_edge.io import same_grid
-from mhp_edge.liver_boundary import refine_liver_boundary, signed_distance_mm
+from mhp_edge.liver_boundary import in_plane_step, refine_liver_boundary, signed_distance_mm
 from mhp_edge.model import LoadedModel, available_cpu_count, load_model
 from mhp_edge.plausibility import (
     anatomy_warnings,
@@ -343,10 +343,11 @@ class Segmenter:
             # The distance transform runs on the coarse box around the liver, not the whole scan.
             cz, cy, cx = _grown_box(filled, margin_vox + 1)
             coarse_region = coarse[cx.start : cx.stop, cy.start : cy.stop, cz.start : cz.stop]
+            step = in_plane_step(image_spacing_zyx_mm(scan), metadata.boundary.grid_mm)
             distance_mm = _on_region(
                 signed_distance_mm(filled[cz, cy, cx], metadata.spacing_zyx_mm),
                 coarse_region,
-                region,
+                region[::step, ::step, :],
                 outside=-1e3,
             )
             liver_in_box = refine_liver_boundary(

@@ -51,9 +51,9 @@ def test_fine_scan_refined_on_subsampled_grid():
     truth = ellipsoid_liver(shape=(40, 160, 160), spacing_zyx_mm=spacing_zyx_mm)
     model = signed_distance_mm(truth, spacing_zyx_mm) > 3.0
 
-    refined = refine_liver_boundary(
-        phantom_ct(truth), model, signed_distance_mm(model, spacing_zyx_mm), spacing_zyx_mm, LIVER_BOUNDARY
-    )
+    distance_mm = signed_distance_mm(model, spacing_zyx_mm)[:, ::2, ::2]
+
+    refined = refine_liver_boundary(phantom_ct(truth), model, distance_mm, spacing_zyx_mm, LIVER_BOUNDARY)
 
     assert in_plane_step(spacing_zyx_mm, LIVER_BOUNDARY.grid_mm) == 2
     assert refined.shape == truth.shape
@@ -64,6 +64,20 @@ def test_fine_scan_refined_on_subsampled_grid():
 @pytest.mark.parametrize(("spacing_mm", "step"), [(0.57, 2), (0.7, 1), (0.98, 1), (0.3, 3), (3.0, 1)])
 def test_in_plane_step_nearest_to_grid(spacing_mm, step):
     assert in_plane_step((5.0, spacing_mm, spacing_mm), 1.0) == step
+
+
+def test_distance_on_wrong_grid_rejected():
+    spacing_zyx_mm = (2.0, 0.5, 0.5)
+    liver = ellipsoid_liver(shape=(40, 160, 160), spacing_zyx_mm=spacing_zyx_mm)
+
+    with pytest.raises(ValueError, match="subsampled by 2"):
+        refine_liver_boundary(
+            phantom_ct(liver),
+            liver,
+            signed_distance_mm(liver, spacing_zyx_mm),
+            spacing_zyx_mm,
+            LIVER_BOUNDARY,
+        )
 
 
 def test_growth_stays_within_reach_of_the_model_surface():

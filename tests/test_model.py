@@ -32,8 +32,6 @@ def test_metadata_round_trip():
     assert parse_metadata(metadata.to_json(), source="memory") == metadata
 
 
-
-
 def test_liver_boundary_round_trip():
     metadata = make_metadata("liver", boundary=LIVER_BOUNDARY)
     assert parse_metadata(metadata.to_json(), source="memory") == metadata
