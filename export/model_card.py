@@ -269,9 +269,9 @@ def render(
     )
     lines += render_tumour_accuracy(
         _read_json(ablation_path.with_name("tumour_ablation_9min.json")),
-        title="Hessian input ablation at the shipped budget (leave-one-case-out)",
-        note="Both variants trained 9 min per fold on one thread; the variant without the Hessian "
-        "input takes faster steps, so it took more of them.",
+        title="Tumour ablations at the shipped budget (leave-one-case-out)",
+        note="Every variant trained 9 min per fold on one thread, so variants with faster steps "
+        "took more of them (see the steps).",
     )
     lines += render_tumour_accuracy(
         _read_json(ablation_path),
