@@ -114,7 +114,7 @@ def _fold_commit(folder: Path) -> dict[str, Any]:
 
 
 def fold_segmenter(models_dir: Path, *, threads: int, boundary: str) -> Segmenter:
-    """Load a fold's models; ``boundary`` "on" or "off" overrides the liver boundary refinement."""
+    """Load a fold's models. ``boundary`` "on" or "off" overrides the liver boundary refinement."""
     segmenter = Segmenter(models_dir=models_dir, threads=threads)
     if boundary != "model":
         liver_model = segmenter.liver_model
@@ -124,7 +124,7 @@ def fold_segmenter(models_dir: Path, *, threads: int, boundary: str) -> Segmente
 
 
 def score_liver(case: CaseFiles, folder: Path, *, threads: int, boundary: str) -> dict[str, Any]:
-    """Run a fold's liver stage on its held-out case; return Dice, volumes and the stage's wall time."""
+    """Run a fold's liver stage on its held-out case and return Dice, volumes and wall time."""
     image = read_image(case.ct_path)
     reference = sitk.GetArrayFromImage(read_image(case.label_path)) >= 1
     segmenter = fold_segmenter(folder, threads=threads, boundary=boundary)
@@ -270,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     pending = [case for case in cases if not (arguments.work / case.case_id / "liver.json").is_file()]
     if arguments.rescore and pending:
         missing = [case.case_id for case in pending]
-        raise SystemExit(f"--rescore: {arguments.work} holds no trained fold for {missing}.")
+        raise SystemExit(
+            f"--rescore: trained folds missing in {arguments.work} for {missing}; run without --rescore."
+        )
     print(f"{len(pending)} liver folds to train, {arguments.jobs} at a time", flush=True)
     records = run_folds(
         run_fold,
