@@ -108,11 +108,19 @@ def network_class(model: LoadedModel) -> type[torch.nn.Module]:
 
 
 def build_network(model: LoadedModel) -> torch.nn.Module:
-    """Construct the model's network class in eval mode, without a Hessian stem if the metadata has none."""
+    """Construct the model's network class in eval mode, as the card describes it.
+
+    Without a Hessian stem if the metadata has none, and with batch normalisation if the card's
+    architecture names it (``LiverNet`` uses instance normalisation by default).
+    """
     cls = network_class(model)
-    if "hessian" in inspect.signature(cls).parameters:
-        return cls(hessian=model.metadata.hessian is not None).eval()
-    return cls().eval()
+    parameters = inspect.signature(cls).parameters
+    options = {}
+    if "hessian" in parameters:
+        options["hessian"] = model.metadata.hessian is not None
+    if "norm" in parameters and "batch norm" in str(model.card.get("architecture", "")):
+        options["norm"] = "batch"
+    return cls(**options).eval()
 
 
 def torch_twin(model: LoadedModel) -> torch.nn.Module | None:
