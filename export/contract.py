@@ -39,11 +39,12 @@ TUMOUR_THRESHOLD = 0.2
 TUMOUR_MIN_COMPONENT_MM3 = 250.0
 
 
-# Boundary refinement of the liver model's mask (mhp_edge.liver_boundary). The values were fixed
-# from anatomy before any run, not fitted: liver parenchyma lies between -30 (fat below) and 300 HU
-# (bone and dense contrast above); 1 mm smoothing tames noise; the core starts 4 mm inside and the
-# band is 5 mm, about the liver model's 3-4 mm voxel plus its typical 2-3 mm boundary error.
-# Below a 1 mm grid, finer voxels only cost time: the HU are smoothed at 1 mm anyway.
+# Boundary refinement of the liver model's mask (mhp_edge.liver_boundary). The values were chosen
+# once from anatomy and not fitted to the labelled cases. Liver lies between -30 HU (fat is below)
+# and 300 HU (bone and dense contrast are above). Smoothing of 1 mm tames noise. The core starts
+# 4 mm inside, and the 5 mm band is about the liver model's 3-4 mm voxel plus its typical 2-3 mm
+# boundary error. Below a 1 mm grid, finer voxels only cost time, because the HU are smoothed at
+# 1 mm anyway.
 LIVER_BOUNDARY = BoundarySpec(
     smooth_mm=1.0,
     core_mm=4.0,

@@ -267,8 +267,8 @@ def test_postprocess_drops_small_components_and_outside_liver():
 
 
 def test_liver_boundary_refinement_follows_the_phantom_liver(tmp_path):
-    # The liver model works at 4 x 3 x 3 mm; the phantom has 2 x 1.5 x 1.5 mm voxels, so the
-    # model's surface is coarse and the refinement at the scan's resolution can only help.
+    # The liver model works at 4 x 3 x 3 mm and the phantom has 2 x 1.5 x 1.5 mm voxels, so the
+    # refinement at the scan's resolution should bring the coarse surface closer to the truth.
     # The liver lies in fat (-100 HU), as in a body, rather than in the phantom's air.
     phantom = liver_phantom(shape_zyx=(40, 72, 80), spacing_zyx_mm=(2.0, 1.5, 1.5))
     truth = sitk.GetArrayFromImage(phantom) > 0
