@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,9 @@ def _pair(values: Any) -> tuple[float, float]:
 
 def _validate(metadata: ModelMetadata, *, source: str) -> None:
     problems = []
+    not_finite = [name for name, value in _numbers(metadata) if not math.isfinite(value)]
+    if not_finite:
+        problems.append(f"{', '.join(not_finite)} must be finite numbers")
     if metadata.task not in TASKS:
         problems.append(f"task is {metadata.task!r}, expected one of {TASKS}")
     # A tumour model reads the CT and, when it has Hessian settings, the blob response too
@@ -296,6 +300,34 @@ def _validate(metadata: ModelMetadata, *, source: str) -> None:
             problems.append("hessian response_scale must be > 0")
     if problems:
         raise ModelError(f"{source}: inconsistent model metadata: " + "; ".join(problems) + ".")
+
+
+def _numbers(metadata: ModelMetadata) -> list[tuple[str, float]]:
+    """Return (name, value) for every number of the metadata that preprocessing uses."""
+    numbers = [
+        *(("spacing_zyx_mm", v) for v in metadata.spacing_zyx_mm),
+        *(("hu_clip", v) for v in metadata.hu_clip),
+        ("hu_mean", metadata.hu_mean),
+        ("hu_std", metadata.hu_std),
+        ("pad_hu", metadata.pad_hu),
+        ("overlap", metadata.overlap),
+        ("threshold", metadata.threshold),
+        ("min_component_mm3", metadata.min_component_mm3),
+        ("roi_margin_mm", metadata.roi_margin_mm),
+    ]
+    if metadata.hessian is not None:
+        numbers += [("hessian scales_mm", v) for v in metadata.hessian.scales_mm]
+        numbers += [("hessian hu_clip", v) for v in metadata.hessian.hu_clip]
+        numbers.append(("hessian response_scale", metadata.hessian.response_scale))
+    if metadata.boundary is not None:
+        boundary = metadata.boundary
+        numbers += [
+            (f"boundary {name}", getattr(boundary, name))
+            for name in ("smooth_mm", "core_mm", "reach_mm", "grid_mm")
+        ]
+        numbers += [("boundary core_percentiles", v) for v in boundary.core_percentiles]
+        numbers += [("boundary tissue_hu", v) for v in boundary.tissue_hu]
+    return numbers
 
 
 def _boundary_problems(boundary: BoundarySpec, *, task: str) -> list[str]:

@@ -130,10 +130,17 @@ def anatomy_warnings(hu: np.ndarray, liver: np.ndarray, spacing_zyx_mm: tuple[fl
 
 
 def liver_volume_warnings(liver_ml: float, *, touches_edge: bool) -> list[str]:
-    """Return warnings for a liver volume outside the adult range."""
+    """Return warnings for a liver volume outside the adult range or a liver cut by the scan's edge."""
     low, high = LIVER_VOLUME_ML
-    if liver_ml <= 0 or low <= liver_ml <= high:
+    if liver_ml <= 0:
         return []
+    if low <= liver_ml <= high:
+        if not touches_edge:
+            return []
+        return [
+            f"The liver ({liver_ml:.0f} mL) reaches the edge of the scan, so part of it may be outside "
+            "the field of view and its volume is a lower bound."
+        ]
     reason = " It reaches the edge of the scan, so part of it may be outside." if touches_edge else ""
     return [
         f"Liver volume {liver_ml:.0f} mL is outside the usual adult range {low:.0f}-{high:.0f} mL."

@@ -50,6 +50,8 @@ def test_metadata_without_boundary_key_still_loads():
         ("tumour", {}, "only liver models take boundary settings"),
         ("liver", {"reach_mm": 0.0}, "reach_mm"),
         ("liver", {"grid_mm": -1.0}, "grid_mm"),
+        ("liver", {"grid_mm": float("inf")}, "boundary grid_mm must be finite"),
+        ("liver", {"reach_mm": float("nan")}, "boundary reach_mm must be finite"),
         ("liver", {"core_percentiles": [95.0, 5.0]}, "core_percentiles"),
         ("liver", {"tissue_hu": [300.0, -30.0]}, "tissue_hu"),
     ],
@@ -117,6 +119,7 @@ def test_patch_shape_mismatch_rejected(tmp_path):
         ({"hu_std": 0.0}, "hu_std"),
         ({"task": "kidney"}, "task"),
         ({"overlap": 1.0}, "overlap"),
+        ({"hu_std": float("nan")}, "hu_std must be finite"),
     ],
 )
 def test_inconsistent_metadata_rejected(changes, message):

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from mhp_edge.plausibility import anatomy_warnings, intensity_warnings, spacing_warnings
+from mhp_edge.plausibility import (
+    anatomy_warnings,
+    intensity_warnings,
+    liver_volume_warnings,
+    spacing_warnings,
+)
 from mhp_edge.preprocess import clean_scan, image_spacing_zyx_mm
 
 SPACING_ZYX_MM = (5.0, 1.0, 1.0)
@@ -48,6 +53,26 @@ def test_values_without_rescale_warn():
 
 def test_constant_image_warns():
     assert "nearly constant" in intensity_warnings(np.zeros((4, 8, 8), np.float32))[0]
+
+
+@pytest.mark.parametrize(
+    ("liver_ml", "touches_edge", "expected"),
+    [
+        (1500.0, False, None),
+        (1500.0, True, "reaches the edge of the scan"),
+        (300.0, False, "outside the usual adult range"),
+        (300.0, True, "may be outside"),
+        (0.0, True, None),
+    ],
+)
+def test_liver_volume_and_edge_warnings(liver_ml, touches_edge, expected):
+    warnings = liver_volume_warnings(liver_ml, touches_edge=touches_edge)
+
+    if expected is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1
+        assert expected in warnings[0]
 
 
 @pytest.mark.parametrize(
