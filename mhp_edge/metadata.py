@@ -263,7 +263,7 @@ def _validate(metadata: ModelMetadata, *, source: str) -> None:
     problems = []
     not_finite = [name for name, value in _numbers(metadata) if not math.isfinite(value)]
     if not_finite:
-        problems.append(f"{', '.join(not_finite)} must be finite numbers")
+        problems.append(f"{', '.join(not_finite)} must be finite, not NaN or infinity")
     if metadata.task not in TASKS:
         problems.append(f"task is {metadata.task!r}, expected one of {TASKS}")
     # A tumour model reads the CT and, when it has Hessian settings, the blob response too
