@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
@@ -36,3 +37,19 @@ def write_result_files(out_dir: Path, name: str, document: dict[str, Any], markd
     markdown_path = out_dir / f"{name}.md"
     markdown_path.write_text(markdown)
     return markdown_path
+
+
+def add_fold_arguments(parser: argparse.ArgumentParser, *, work: Path, out: Path) -> None:
+    """Add the options every leave-one-case-out benchmark takes: jobs, threads, data and folders."""
+    parser.add_argument("--jobs", type=int, default=2, help="folds trained at a time")
+    parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads per fold")
+    parser.add_argument("--cases", type=Path, default=None, help="labelled cases (default: the shared data)")
+    parser.add_argument("--work", type=Path, default=work, help="fold folder")
+    parser.add_argument("--out", type=Path, default=out, help="results folder")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def check_fold_arguments(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> None:
+    """Exit through ``parser.error`` when the budget, jobs or threads are out of range."""
+    if arguments.minutes <= 0 or arguments.jobs < 1 or arguments.threads < 1:
+        parser.error("--minutes must be > 0, --jobs and --threads >= 1")

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from benchmarks.common import run_folds, write_result_files
+from benchmarks.common import add_fold_arguments, check_fold_arguments, run_folds, write_result_files
 from benchmarks.loco import mean_and_sd
 from export.contract import LIVER_BOUNDARY
 from export.data import REPO_ROOT, CaseFiles, default_cache_dir, default_data_dir, find_cases
@@ -244,21 +244,15 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--task", default="liver", choices=[name for name in RECIPES if name.startswith("liver")]
     )
     parser.add_argument("--minutes", type=float, default=RECIPES["liver"].default_minutes)
-    parser.add_argument("--jobs", type=int, default=2, help="folds trained at a time")
-    parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads per fold")
-    parser.add_argument("--cases", type=Path, default=None, help="labelled cases (default: the shared data)")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/mhp-edge-liver"), help="fold folder")
+    add_fold_arguments(parser, work=Path("/tmp/mhp-edge-liver"), out=RESULTS_DIR)
     parser.add_argument("--tumour-folds", type=Path, default=None, help="WORK/VARIANT of tumour_ablation")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     parser.add_argument("--name", default="liver_loco", help="stem of the .json and .md results")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--boundary", default="model", choices=("model", "on", "off"), help="liver boundary refinement"
     )
     parser.add_argument("--rescore", action="store_true", help="score the existing folds, train nothing")
     arguments = parser.parse_args(argv)
-    if arguments.minutes <= 0 or arguments.jobs < 1 or arguments.threads < 1:
-        parser.error("--minutes must be > 0, --jobs and --threads >= 1")
+    check_fold_arguments(parser, arguments)
     return arguments
 
 

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from benchmarks.common import run_folds, write_result_files
+from benchmarks.common import add_fold_arguments, check_fold_arguments, run_folds, write_result_files
 from export.data import REPO_ROOT, CaseFiles, default_cache_dir, default_data_dir, find_cases
 from export.train import RECIPES, Budget, DataOptions, configure_logging, train_and_export
 from mhp_edge.evaluate import evaluate_masks
@@ -369,16 +369,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--variants", nargs="*", choices=sorted(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--minutes", type=float, default=3.0, help="training wall time per fold")
-    parser.add_argument("--jobs", type=int, default=2, help="folds trained at a time")
-    parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads per fold")
-    parser.add_argument("--cases", type=Path, default=None, help="labelled cases (default: the shared data)")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/mhp-edge-ablation"), help="fold folder")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
-    parser.add_argument("--seed", type=int, default=0)
+    add_fold_arguments(parser, work=Path("/tmp/mhp-edge-ablation"), out=RESULTS_DIR)
     parser.add_argument("--name", default="tumour_ablation", help="stem of the .json and .md results")
     arguments = parser.parse_args(argv)
-    if arguments.minutes <= 0 or arguments.jobs < 1 or arguments.threads < 1:
-        parser.error("--minutes must be > 0, --jobs and --threads >= 1")
+    check_fold_arguments(parser, arguments)
     return arguments
 
 
