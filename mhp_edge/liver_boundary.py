@@ -114,7 +114,7 @@ def _refine_on_grid(
     not_liver = (smoothed_hu < spec.tissue_hu[0]) | (smoothed_hu > spec.tissue_hu[1])
 
     refined = (liver & ~(band & not_liver)) | (outer_band & like_liver)
-    return _fill_holes(_largest_component(refined))
+    return _fill_holes(largest_component(refined))
 
 
 def _expand_in_plane(grid: np.ndarray, step: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -131,7 +131,8 @@ def _smooth_in_plane(
     return ndimage.gaussian_filter(hu.astype(np.float32, copy=False), sigma=sigma_vox)
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Return the largest 6-connected component of a bool mask (the mask itself when it has at most one)."""
     labelled, count = ndimage.label(mask)
     if count <= 1:
         return mask

@@ -20,7 +20,12 @@ from scipy import ndimage
 
 from mhp_edge.errors import ConfigurationError, InputImageError
 from mhp_edge.io import same_grid
-from mhp_edge.liver_boundary import in_plane_step, refine_liver_boundary, signed_distance_mm
+from mhp_edge.liver_boundary import (
+    in_plane_step,
+    largest_component,
+    refine_liver_boundary,
+    signed_distance_mm,
+)
 from mhp_edge.model import LoadedModel, available_cpu_count, load_model
 from mhp_edge.plausibility import (
     anatomy_warnings,
@@ -319,7 +324,7 @@ class Segmenter:
         # Keep the largest component (a liver is one organ) and fill its holes, where tumours
         # the liver model did not call liver would otherwise be cut out. Both steps run on the
         # coarse grid: holes get probability 1, and everything beyond one voxel of the liver 0.
-        component = _largest_component(probability > metadata.threshold)
+        component = largest_component(probability > metadata.threshold)
         if not component.any():
             return np.zeros(sitk.GetArrayViewFromImage(scan).shape, dtype=bool)
         filled = ndimage.binary_fill_holes(component)
@@ -610,15 +615,6 @@ def _to_input_grid(labels: np.ndarray, scan: sitk.Image, image: sitk.Image) -> s
         raise AssertionError(f"restored mask size {restored.GetSize()} differs from input {image.GetSize()}")
     restored.CopyInformation(image)
     return restored
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    labelled, count = ndimage.label(mask)
-    if count == 0:
-        return np.zeros(mask.shape, dtype=bool)
-    sizes = np.bincount(labelled.ravel())
-    sizes[0] = 0
-    return labelled == int(sizes.argmax())
 
 
 def _drop_small_components(mask: np.ndarray, *, min_vox: float) -> np.ndarray:
