@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from mhp_edge.hessian import context_vox, pyramid_factors
 from mhp_edge.metadata import BoundarySpec, HessianSpec, ModelMetadata
 
 LIVER_FILE_STEM = "liver_net"
@@ -26,6 +29,7 @@ INTENDED_USE = "Research use only, not for clinical use."
 # Hessian settings of the tumour model. The response scale is measured on the training cases.
 TUMOUR_HESSIAN_SCALES_MM = (3.0, 6.0, 12.0)
 TUMOUR_HESSIAN_HU_CLIP = (-50.0, 200.0)
+TUMOUR_SPACING_ZYX_MM = (2.5, 1.25, 1.25)
 
 # The tumour model is trained on (32, 64, 64) patches and run on larger (32, 96, 96) windows.
 # With batch normalisation its output barely depends on the window (see export.networks), so
@@ -53,6 +57,16 @@ LIVER_BOUNDARY = BoundarySpec(
     tissue_hu=(-30.0, 300.0),
     grid_mm=1.0,
 )
+
+
+def hessian_context_mm(spacing_zyx_mm: tuple[float, float, float], scales_mm: tuple[float, ...]) -> float:
+    """Return the farthest any scale's filters read beyond a voxel, in whole mm (the Hessian's context)."""
+    spacing = np.asarray(spacing_zyx_mm, dtype=np.float64)
+    reach_mm = 0.0
+    for sigma_mm in scales_mm:
+        reach_vox = np.asarray(context_vox(spacing, sigma_mm, pyramid_factors(spacing, sigma_mm)))
+        reach_mm = max(reach_mm, float(np.max(reach_vox * spacing)))
+    return float(np.ceil(reach_mm))
 
 
 def liver_metadata(provenance: dict[str, Any]) -> ModelMetadata:
@@ -116,6 +130,7 @@ def tumour_metadata(
         scales_mm=TUMOUR_HESSIAN_SCALES_MM,
         hu_clip=TUMOUR_HESSIAN_HU_CLIP,
         response_scale=response_scale,
+        context_mm=hessian_context_mm(TUMOUR_SPACING_ZYX_MM, TUMOUR_HESSIAN_SCALES_MM),
     )
     return ModelMetadata(
         name=name,
@@ -123,7 +138,7 @@ def tumour_metadata(
         input_names=("ct", "hessian") if uses_hessian else ("ct",),
         output_name="logits",
         patch_shape_vox=TUMOUR_WINDOW_VOX,
-        spacing_zyx_mm=(2.5, 1.25, 1.25),
+        spacing_zyx_mm=TUMOUR_SPACING_ZYX_MM,
         hu_clip=(-150.0, 250.0),
         hu_mean=60.0,
         hu_std=100.0,

@@ -5,10 +5,11 @@ Each case is a CT (``<case>_ct.nii.gz``, HU) and a label (``<case>_label.nii.gz`
 order the runtime calls them:
 
 1. ``clean_scan`` (orientation and HU repair);
-2. for the tumour model, the crop to the liver's bounding box plus margin
-   (``bounding_box_with_margin``) on the scan's own grid;
-3. ``resample_to_spacing`` to the model spacing;
-4. for the tumour model, ``hessian_input`` on the resampled crop.
+2. for the tumour model, the crop to the reference liver's bounding box plus margin
+   (``bounding_box_with_margin``) on the scan's own grid, resampled to the model spacing with
+   the scan around it (``resample_box``);
+3. for the liver model, ``resample_to_spacing`` of the whole scan;
+4. for the tumour model, ``hessian_input`` on the crop and its context.
 
 Labels are reoriented the same way and resampled onto the CT's grid by nearest neighbour.
 
@@ -19,6 +20,7 @@ recomputes the cache.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -35,13 +37,14 @@ from scipy import ndimage
 import mhp_edge.hessian
 import mhp_edge.preprocess
 from mhp_edge.io import read_image
-from mhp_edge.metadata import HessianSpec, ModelMetadata, sha256_of_file
+from mhp_edge.metadata import ModelMetadata, sha256_of_file
 from mhp_edge.preprocess import (
     bounding_box_with_margin,
     clean_scan,
     hessian_input,
     image_spacing_zyx_mm,
     normalise_hu,
+    resample_box,
     resample_like,
     resample_to_spacing,
 )
@@ -52,7 +55,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TUMOUR_LABEL = 2
 
 # Bump when this module changes what it stores in the cache.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,11 @@ class PreparedCase:
     blob_response : ndarray of shape (Z, Y, X), float32, or None
         Hessian blob response before division by the response scale (tumour model only).
     spacing_zyx_mm : tuple of 3 floats
+    context_hu : ndarray, float32, or None
+        ``hu`` with the scan around it that the Hessian reads (``TumourGrid.context_hu``);
+        None when the model's Hessian reads the crop alone.
+    core : tuple of 3 slices, or None
+        Where ``hu`` sits inside ``context_hu``.
     """
 
     case_id: str
@@ -85,6 +93,8 @@ class PreparedCase:
     label: np.ndarray
     blob_response: np.ndarray | None
     spacing_zyx_mm: tuple[float, float, float]
+    context_hu: np.ndarray | None = None
+    core: tuple[slice, slice, slice] | None = None
 
 
 def default_data_dir() -> Path:
@@ -188,31 +198,13 @@ def resample_case(
     return hu, sitk.GetArrayFromImage(resampled_label)
 
 
-def crop_to_liver(scan: sitk.Image, label: sitk.Image, margin_mm: float) -> tuple[sitk.Image, sitk.Image]:
-    """Crop scan and label to the reference liver's bounding box plus a margin, on the scan grid.
-
-    This is the runtime's tumour crop (``mhp_edge.pipeline``) with the reference liver in place
-    of the predicted one: the box is found at the scan's own spacing, and resampling to the
-    model spacing happens after cropping.
-    """
-    liver = sitk.GetArrayViewFromImage(label) > 0
-    box = bounding_box_with_margin(liver, image_spacing_zyx_mm(scan), margin_mm)
-    if box is None:
-        raise ValueError("the label has no liver voxels to crop to.")
-    z, y, x = box
-    return (
-        scan[x.start : x.stop, y.start : y.stop, z.start : z.stop],
-        label[x.start : x.stop, y.start : y.stop, z.start : z.stop],
-    )
-
-
 def prepare_case(case: CaseFiles, metadata: ModelMetadata, *, cache_dir: Path) -> PreparedCase:
     """Preprocess one case for a model, from the cache when possible.
 
     Liver models get the whole scan at the model spacing. Tumour models get the crop to the
     reference liver's bounding box grown by ``metadata.roi_margin_mm``, resampled to the model
-    spacing, and the raw Hessian blob response (``hessian_input`` with response scale 1) of
-    that crop, as the runtime computes them.
+    spacing with the Hessian's context, and the raw Hessian blob response (``hessian_input``
+    with response scale 1) of the crop, as the runtime computes them.
 
     Parameters
     ----------
@@ -227,25 +219,65 @@ def prepare_case(case: CaseFiles, metadata: ModelMetadata, *, cache_dir: Path) -
     cache_path = Path(cache_dir) / f"{case.case_id}-{metadata.task}-{_cache_key(case, metadata)}.npz"
     if cache_path.is_file():
         with np.load(cache_path) as stored:
-            response = stored["blob_response"] if "blob_response" in stored else None
             logger.debug("Case %s loaded from cache %s", case.case_id, cache_path)
-            return PreparedCase(case.case_id, stored["hu"], stored["label"], response, spacing)
+            return _prepared_from_arrays(case.case_id, dict(stored), spacing)
 
     scan, label = read_case(case)
     if metadata.task == "tumour":
-        try:
-            scan, label = crop_to_liver(scan, label, metadata.roi_margin_mm)
-        except ValueError as err:
-            raise ValueError(f"Case {case.case_id}: {err}") from err
-    hu, label_array = resample_case(scan, label, metadata)
-    arrays = {"hu": hu, "label": label_array}
-    if metadata.task == "tumour":
-        raw_spec = HessianSpec(metadata.hessian.scales_mm, metadata.hessian.hu_clip, 1.0)
-        arrays["blob_response"] = hessian_input(hu, spacing, raw_spec)
+        arrays = _tumour_arrays(scan, label, metadata, case_id=case.case_id)
+    else:
+        hu, label_array = resample_case(scan, label, metadata)
+        arrays = {"hu": hu, "label": label_array}
 
     _save_atomic(cache_path, arrays)
-    logger.info("Case %s preprocessed for %s, shape %s, cached", case.case_id, metadata.task, hu.shape)
-    return PreparedCase(case.case_id, hu, label_array, arrays.get("blob_response"), spacing)
+    prepared = _prepared_from_arrays(case.case_id, arrays, spacing)
+    shape = prepared.hu.shape
+    logger.info("Case %s preprocessed for %s, shape %s, cached", case.case_id, metadata.task, shape)
+    return prepared
+
+
+def _tumour_arrays(
+    scan: sitk.Image, label: sitk.Image, metadata: ModelMetadata, *, case_id: str
+) -> dict[str, np.ndarray]:
+    """Crop a case to its reference liver as the runtime crops the predicted one; return arrays to cache."""
+    liver = sitk.GetArrayViewFromImage(label) > 0
+    box = bounding_box_with_margin(liver, image_spacing_zyx_mm(scan), metadata.roi_margin_mm)
+    if box is None:
+        raise ValueError(f"Case {case_id}: the label has no liver voxels to crop to.")
+    grid = resample_box(scan, box, metadata)
+    z, y, x = box
+    label_crop = label[x.start : x.stop, y.start : y.stop, z.start : z.stop]
+    label_array = sitk.GetArrayFromImage(
+        resample_like(label_crop, grid.image, interpolator=sitk.sitkNearestNeighbor)
+    )
+
+    raw_spec = dataclasses.replace(metadata.hessian, response_scale=1.0)
+    response = hessian_input(grid.context_hu, metadata.spacing_zyx_mm, raw_spec, core=grid.core)
+    core_bounds = np.array([[part.start, part.stop] for part in grid.core], dtype=np.int64)
+    return {
+        "context_hu": grid.context_hu,
+        "core": core_bounds,
+        "label": label_array,
+        "blob_response": response,
+    }
+
+
+def _prepared_from_arrays(
+    case_id: str, arrays: dict[str, np.ndarray], spacing: tuple[float, float, float]
+) -> PreparedCase:
+    if "context_hu" not in arrays:
+        return PreparedCase(case_id, arrays["hu"], arrays["label"], None, spacing)
+    core = tuple(slice(int(start), int(stop)) for start, stop in arrays["core"])
+    context_hu = arrays["context_hu"]
+    return PreparedCase(
+        case_id,
+        context_hu[core],
+        arrays["label"],
+        arrays["blob_response"],
+        spacing,
+        context_hu=context_hu,
+        core=core,
+    )
 
 
 def _cache_key(case: CaseFiles, metadata: ModelMetadata) -> str:
@@ -263,6 +295,7 @@ def _cache_key(case: CaseFiles, metadata: ModelMetadata) -> str:
         settings["roi_margin_mm"] = metadata.roi_margin_mm
         settings["hessian_scales_mm"] = list(metadata.hessian.scales_mm)
         settings["hessian_hu_clip"] = list(metadata.hessian.hu_clip)
+        settings["hessian_context_mm"] = metadata.hessian.context_mm
     text = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

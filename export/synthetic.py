@@ -20,6 +20,7 @@ new HU, so both network inputs agree.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from mhp_edge.metadata import HessianSpec, ModelMetadata
+from mhp_edge.metadata import ModelMetadata
 from mhp_edge.preprocess import hessian_input
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,11 @@ def insert_lesions(
         (response scale 1), as ``prepare_case`` stores it.
     """
     spacing = np.asarray(case.spacing_zyx_mm, dtype=float)
-    hu = case.hu.copy()
+    # Lesions are painted into the crop, which is a view into a copy of its context, so the
+    # recomputed Hessian sees them with the same surroundings as the real case's Hessian.
+    context_hu = (case.hu if case.context_hu is None else case.context_hu).copy()
+    core = case.core if case.context_hu is not None else tuple(slice(0, n) for n in case.hu.shape)
+    hu = context_hu[core]
     label = case.label.copy()
     placed = 0
     for _ in range(count):
@@ -148,9 +153,16 @@ def insert_lesions(
         placed += 1
     logger.info("Case %s: %d synthetic lesions placed", case.case_id, placed)
 
-    raw_spec = HessianSpec(metadata.hessian.scales_mm, metadata.hessian.hu_clip, 1.0)
-    response = hessian_input(hu, case.spacing_zyx_mm, raw_spec)
-    return type(case)(f"{case.case_id}+synthetic", hu, label, response, case.spacing_zyx_mm)
+    raw_spec = dataclasses.replace(metadata.hessian, response_scale=1.0)
+    response = hessian_input(context_hu, case.spacing_zyx_mm, raw_spec, core=core)
+    return dataclasses.replace(
+        case,
+        case_id=f"{case.case_id}+synthetic",
+        hu=hu,
+        label=label,
+        blob_response=response,
+        context_hu=None if case.context_hu is None else context_hu,
+    )
 
 
 def _healthy_centre(

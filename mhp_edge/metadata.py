@@ -34,11 +34,16 @@ class HessianSpec:
         (low, high) HU range the CT is clipped to before the Hessian is computed.
     response_scale : float
         The enhanced volume is divided by this value so its typical magnitude is about 1.
+    context_mm : float
+        Scan around the tumour crop, per side, that the Hessian reads, so the response inside
+        the crop does not depend on where the crop ends. 0 (models exported before this key
+        existed) computes the Hessian on the crop alone.
     """
 
     scales_mm: tuple[float, ...]
     hu_clip: tuple[float, float]
     response_scale: float
+    context_mm: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,7 @@ class ModelMetadata:
                 "scales_mm": list(self.hessian.scales_mm),
                 "hu_clip": list(self.hessian.hu_clip),
                 "response_scale": self.hessian.response_scale,
+                "context_mm": self.hessian.context_mm,
             },
             "boundary": None
             if self.boundary is None
@@ -214,6 +220,7 @@ def parse_metadata(text: str, *, source: str) -> ModelMetadata:
                 scales_mm=tuple(float(s) for s in hessian_document["scales_mm"]),
                 hu_clip=_pair(hessian_document["hu_clip"]),
                 response_scale=float(hessian_document["response_scale"]),
+                context_mm=float(hessian_document.get("context_mm", 0.0)),
             )
         # Models exported before the boundary refinement existed have no "boundary" key.
         boundary_document = document.get("boundary")
@@ -298,6 +305,8 @@ def _validate(metadata: ModelMetadata, *, source: str) -> None:
             problems.append(f"hessian scales_mm {scales} must be positive and increasing")
         if metadata.hessian.response_scale <= 0:
             problems.append("hessian response_scale must be > 0")
+        if metadata.hessian.context_mm < 0:
+            problems.append(f"hessian context_mm is {metadata.hessian.context_mm}, expected >= 0")
     if problems:
         raise ModelError(f"{source}: inconsistent model metadata: " + "; ".join(problems) + ".")
 
@@ -319,6 +328,7 @@ def _numbers(metadata: ModelMetadata) -> list[tuple[str, float]]:
         numbers += [("hessian scales_mm", v) for v in metadata.hessian.scales_mm]
         numbers += [("hessian hu_clip", v) for v in metadata.hessian.hu_clip]
         numbers.append(("hessian response_scale", metadata.hessian.response_scale))
+        numbers.append(("hessian context_mm", metadata.hessian.context_mm))
     if metadata.boundary is not None:
         boundary = metadata.boundary
         numbers += [

@@ -40,6 +40,7 @@ from mhp_edge.preprocess import (
     hessian_input,
     image_spacing_zyx_mm,
     normalise_hu,
+    resample_box,
     resample_like,
     resample_to_spacing,
 )
@@ -437,20 +438,25 @@ class Segmenter:
         with timer.stage("resample"):
             box = bounding_box_with_margin(liver, image_spacing_zyx_mm(scan), metadata.roi_margin_mm)
             z, y, x = box
+            grid = resample_box(scan, box, metadata)
+            work = grid.image
             crop = scan[x.start : x.stop, y.start : y.stop, z.start : z.stop]
             liver_crop_image = sitk.GetImageFromArray(liver[box].astype(np.uint8))
             liver_crop_image.CopyInformation(crop)
-
-            work = resample_to_spacing(crop, metadata.spacing_zyx_mm, default_value=metadata.pad_hu)
             work_liver = resample_like(liver_crop_image, work, interpolator=sitk.sitkNearestNeighbor)
-            hu = sitk.GetArrayFromImage(work)
             region = sitk.GetArrayViewFromImage(work_liver) > 0
 
-        inputs = [normalise_hu(hu, metadata)[np.newaxis]]
+        inputs = [normalise_hu(grid.hu, metadata)[np.newaxis]]
         pad_values = [float(normalise_hu(np.float32(metadata.pad_hu), metadata))]
         if metadata.hessian is not None:
             with timer.stage("hessian"):
-                enhanced = hessian_input(hu, metadata.spacing_zyx_mm, metadata.hessian, threads=self.threads)
+                enhanced = hessian_input(
+                    grid.context_hu,
+                    metadata.spacing_zyx_mm,
+                    metadata.hessian,
+                    core=grid.core,
+                    threads=self.threads,
+                )
                 inputs.append(enhanced[np.newaxis])
                 pad_values.append(0.0)
 

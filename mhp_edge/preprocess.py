@@ -160,7 +160,12 @@ def normalise_hu(hu: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
 
 
 def hessian_input(
-    hu: np.ndarray, spacing_zyx_mm: Sequence[float], spec: HessianSpec, *, threads: int = 1
+    hu: np.ndarray,
+    spacing_zyx_mm: Sequence[float],
+    spec: HessianSpec,
+    *,
+    core: tuple[slice, slice, slice] | None = None,
+    threads: int = 1,
 ) -> np.ndarray:
     """Compute the Hessian-enhanced twin of a CT volume as the model expects it.
 
@@ -172,19 +177,104 @@ def hessian_input(
         Voxel spacing in mm.
     spec : HessianSpec
         Clip range, scales and response scale from the model metadata.
+    core : tuple of 3 slices, optional
+        Region of ``hu`` to return; the rest is context the filters read (see
+        ``TumourGrid``). The whole volume by default.
     threads : int
         Threads for the filter passes; the result does not depend on it.
 
     Returns
     -------
-    ndarray of shape (Z, Y, X), float32
+    ndarray of the core's shape, float32
         Signed blob response divided by ``spec.response_scale``.
     """
     low, high = spec.hu_clip
     clipped = np.clip(hu, low, high).astype(np.float32, copy=False)
-    response = multiscale_blob_response(clipped, spacing_zyx_mm, spec.scales_mm, threads=threads)
+    response = multiscale_blob_response(clipped, spacing_zyx_mm, spec.scales_mm, core=core, threads=threads)
     response /= np.float32(spec.response_scale)
     return response
+
+
+@dataclass(frozen=True)
+class TumourGrid:
+    """A box of the scan at a tumour model's spacing, with the scan around it for the Hessian.
+
+    Attributes
+    ----------
+    image : SimpleITK.Image
+        The box resampled to the model spacing: the grid the tumour probability lives on.
+    context_hu : ndarray of shape (Z', Y', X'), float32
+        HU on ``image``'s grid grown by the Hessian's ``context_mm`` on each side, as far as the
+        scan reaches.
+    core : tuple of 3 slices
+        Where ``image`` sits inside ``context_hu``.
+    """
+
+    image: sitk.Image
+    context_hu: np.ndarray
+    core: tuple[slice, slice, slice]
+
+    @property
+    def hu(self) -> np.ndarray:
+        """HU on ``image``'s grid, float32 (z, y, x); a view into ``context_hu``."""
+        return self.context_hu[self.core]
+
+
+def resample_box(scan: sitk.Image, box: tuple[slice, slice, slice], metadata: ModelMetadata) -> TumourGrid:
+    """Crop a box of the scan, resample it to the model spacing and add the Hessian's context.
+
+    Parameters
+    ----------
+    scan : SimpleITK.Image
+        The whole scan in HU, as ``clean_scan`` returns it.
+    box : tuple of 3 slices
+        (z, y, x) box on the scan's grid, for example the liver's bounding box plus margin.
+    metadata : ModelMetadata
+        Supplies the spacing, padding HU and, for models with a Hessian input, ``context_mm``.
+
+    Returns
+    -------
+    TumourGrid
+        The context stays inside the scan, so the filters treat the scan's own edge as
+        before and never see padding.
+    """
+    z, y, x = box
+    crop = scan[x.start : x.stop, y.start : y.stop, z.start : z.stop]
+    image = resample_to_spacing(crop, metadata.spacing_zyx_mm, default_value=metadata.pad_hu)
+    hu = sitk.GetArrayFromImage(image)
+    context_mm = 0.0 if metadata.hessian is None else metadata.hessian.context_mm
+    if context_mm == 0:
+        return TumourGrid(image, hu, tuple(slice(0, n) for n in hu.shape))
+
+    # Grow the grid by whole model voxels, but only while its voxel centres stay inside the scan.
+    ratio = np.asarray(metadata.spacing_zyx_mm) / np.asarray(image_spacing_zyx_mm(scan))
+    scan_shape = sitk.GetArrayViewFromImage(scan).shape
+    before, after = [], []
+    for axis, part in enumerate(box):
+        wanted = int(np.ceil(context_mm / metadata.spacing_zyx_mm[axis]))
+        room_before_vox = part.start / ratio[axis]
+        room_after_vox = (scan_shape[axis] - 1 - part.start) / ratio[axis] - (hu.shape[axis] - 1)
+        before.append(min(wanted, int(np.floor(room_before_vox + 1e-6))))
+        after.append(max(0, min(wanted, int(np.floor(room_after_vox + 1e-6)))))
+    grown_shape_xyz = [int(n + b + a) for n, b, a in zip(hu.shape, before, after, strict=True)][::-1]
+    origin = image.TransformContinuousIndexToPhysicalPoint([-float(b) for b in before[::-1]])
+    grown = sitk.Resample(
+        scan,
+        grown_shape_xyz,
+        sitk.Transform(),
+        sitk.sitkLinear,
+        origin,
+        image.GetSpacing(),
+        image.GetDirection(),
+        metadata.pad_hu,
+        sitk.sitkFloat32,
+    )
+
+    # The core keeps the crop's own resampling, so the CT input is the same with and without context.
+    context_hu = sitk.GetArrayFromImage(grown)
+    core = tuple(slice(b, b + n) for b, n in zip(before, hu.shape, strict=True))
+    context_hu[core] = hu
+    return TumourGrid(image, context_hu, core)
 
 
 def bounding_box_with_margin(
