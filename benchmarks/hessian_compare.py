@@ -57,12 +57,13 @@ from mhp_edge.hessian import (
 from mhp_edge.metadata import HessianSpec, ModelMetadata
 from mhp_edge.model import load_model
 from mhp_edge.preprocess import (
+    TumourGrid,
     bounding_box_with_margin,
     clean_scan,
     hessian_input,
     image_spacing_zyx_mm,
+    resample_box,
     resample_like,
-    resample_to_spacing,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -84,16 +85,8 @@ def tumour_metadata() -> ModelMetadata:
     return load_model(REPO_ROOT / "models" / "mhp_net.onnx", threads=1).metadata
 
 
-def liver_region(case: str, metadata: ModelMetadata) -> tuple[np.ndarray, np.ndarray]:
-    """Crop a case to its reference liver plus the model's margin and resample it as the pipeline does.
-
-    Returns
-    -------
-    hu : ndarray of shape (Z, Y, X), float32
-        HU at ``metadata.spacing_zyx_mm``.
-    liver : ndarray of shape (Z, Y, X), bool
-        The reference liver (label >= 1) on the same grid.
-    """
+def liver_grid(case: str, metadata: ModelMetadata) -> tuple[TumourGrid, np.ndarray]:
+    """Return ``resample_box`` of a case's reference liver box, and that liver on the box's grid, bool."""
     scan = clean_scan(sitk.ReadImage(str(DATA / "cases" / f"{case}_ct.nii.gz"))).image
     labels = sitk.DICOMOrient(sitk.ReadImage(str(DATA / "cases" / f"{case}_label.nii.gz")), "LPS")
     liver = sitk.Cast(labels >= 1, sitk.sitkUInt8)
@@ -103,14 +96,10 @@ def liver_region(case: str, metadata: ModelMetadata) -> tuple[np.ndarray, np.nda
         sitk.GetArrayViewFromImage(liver), image_spacing_zyx_mm(scan), metadata.roi_margin_mm
     )
     z, y, x = box
-    work = resample_to_spacing(
-        scan[x.start : x.stop, y.start : y.stop, z.start : z.stop],
-        metadata.spacing_zyx_mm,
-        default_value=metadata.pad_hu,
-    )
+    grid = resample_box(scan, box, metadata)
     liver_crop = liver[x.start : x.stop, y.start : y.stop, z.start : z.stop]
-    work_liver = resample_like(liver_crop, work, interpolator=sitk.sitkNearestNeighbor)
-    return sitk.GetArrayFromImage(work), sitk.GetArrayFromImage(work_liver) > 0
+    work_liver = resample_like(liver_crop, grid.image, interpolator=sitk.sitkNearestNeighbor)
+    return grid, sitk.GetArrayFromImage(work_liver) > 0
 
 
 def synthetic_hu(shape_zyx: Sequence[int], seed: int = 0) -> np.ndarray:
@@ -129,10 +118,12 @@ def synthetic_hu(shape_zyx: Sequence[int], seed: int = 0) -> np.ndarray:
 # --- the compared methods --------------------------------------------------------------------
 
 
-def product_response(hu: np.ndarray, spacing_zyx_mm, scales_mm, spec: HessianSpec) -> np.ndarray:
+def product_response(
+    hu: np.ndarray, spacing_zyx_mm, scales_mm, spec: HessianSpec, core: tuple[slice, ...] | None = None
+) -> np.ndarray:
     """Run the product's Hessian stage as the pipeline calls it, with response scale 1."""
     stage_spec = dataclasses.replace(spec, scales_mm=tuple(scales_mm), response_scale=1.0)
-    return hessian_input(hu, spacing_zyx_mm, stage_spec)
+    return hessian_input(hu, spacing_zyx_mm, stage_spec, core=core)
 
 
 def skimage_response(clipped: np.ndarray, spacing_zyx_mm, scales_mm) -> np.ndarray:
@@ -237,21 +228,29 @@ def load_baseline(path: Path) -> ModuleType:
     return module
 
 
-def methods_for(spec: HessianSpec, baseline: ModuleType | None, threads: int) -> dict[str, Callable]:
+def methods_for(
+    spec: HessianSpec, baseline: ModuleType | None, threads: int, core: tuple[slice, ...] | None = None
+) -> dict[str, Callable]:
     """Return the compared methods by name; each maps (hu, spacing, scales) to a response.
 
     ``mhp-edge`` is the stage as the pipeline calls it. When ``multiscale_blob_response`` takes a
     ``threads`` argument, ``mhp-edge, N threads`` runs it with ``threads`` threads as well.
+    With a ``core``, every method returns the response of the core only. The product's stage reads
+    only the context its kernels need, while the other methods filter all of ``hu`` and cut out
+    the core, which is the same result.
     """
     low, high = spec.hu_clip
+    whole = tuple(slice(None) for _ in range(3)) if core is None else core
 
     def clipped_call(function):
-        return lambda hu, spacing, scales: function(np.clip(hu, low, high), spacing, scales)
+        return lambda hu, spacing, scales: function(np.clip(hu, low, high), spacing, scales)[whole]
 
-    methods = {"mhp-edge": lambda hu, spacing, scales: product_response(hu, spacing, scales, spec)}
+    methods = {"mhp-edge": lambda hu, spacing, scales: product_response(hu, spacing, scales, spec, core)}
     if threads > 1 and "threads" in inspect.signature(multiscale_blob_response).parameters:
-        threaded = functools.partial(multiscale_blob_response, threads=threads)
-        methods[f"mhp-edge, {threads} threads"] = clipped_call(threaded)
+        threaded = functools.partial(multiscale_blob_response, threads=threads, core=core)
+        methods[f"mhp-edge, {threads} threads"] = lambda hu, spacing, scales: threaded(
+            np.clip(hu, low, high), spacing, scales
+        )
     if baseline is not None:
         methods["mhp-edge baseline"] = clipped_call(baseline.multiscale_blob_response)
     methods["scikit-image"] = clipped_call(skimage_response)
@@ -394,7 +393,9 @@ def kernel_length_for(sigma_vox: float, order: int) -> int:
     return gaussian_derivative_kernel(sigma_vox, order).size
 
 
-def count_hessian_work(shape_zyx: Sequence[int], spacing_zyx_mm, scales_mm) -> list[WorkCount]:
+def count_hessian_work(
+    shape_zyx: Sequence[int], spacing_zyx_mm, scales_mm, pyramid_min_sigma_vox: float
+) -> list[WorkCount]:
     """Count the arithmetic and memory traffic of ``multiscale_blob_response``, stage by stage.
 
     Counted per scale are four steps. The pyramid's blur-and-subsample passes count only the
@@ -410,7 +411,7 @@ def count_hessian_work(shape_zyx: Sequence[int], spacing_zyx_mm, scales_mm) -> l
     voxels = float(np.prod(full))
     work = []
     for sigma_mm in scales_mm:
-        factors = np.array(pyramid_factors(spacing, sigma_mm))
+        factors = np.array(pyramid_factors(spacing, sigma_mm, pyramid_min_sigma_vox))
         shape = full.copy()
         flops = bytes_moved = 0.0
         for axis in range(3):
@@ -540,7 +541,8 @@ def main() -> None:
         spec = HessianSpec(TUMOUR_HESSIAN_SCALES_MM, TUMOUR_HESSIAN_HU_CLIP, response_scale=1.0)
         print("The shipped tumour model reads no Hessian input; the scales come from export.contract.")
     model_scales = tuple(spec.scales_mm)
-    region, _ = liver_region(arguments.case, metadata)
+    grid, _ = liver_grid(arguments.case, metadata)
+    region = grid.hu
     spacing = metadata.spacing_zyx_mm
     print(
         f"{platform.machine()}, {os.cpu_count()} CPUs visible, numpy {np.__version__}, "
@@ -548,10 +550,22 @@ def main() -> None:
     )
     print(f"liver region of {arguments.case}: {region.shape} voxels (z, y, x) at {spacing} mm")
 
+    # (label, volume, spacing, scales, core): with a core, methods return the core's response.
     volumes = [
-        (f"{arguments.case} liver, model scales {model_scales} mm", region, spacing, model_scales),
-        (f"{arguments.case} liver, sigma {VOXEL_SCALES} vox", region, (1.0, 1.0, 1.0), VOXEL_SCALES),
+        (f"{arguments.case} liver, model scales {model_scales} mm", region, spacing, model_scales, None),
+        (f"{arguments.case} liver, sigma {VOXEL_SCALES} vox", region, (1.0, 1.0, 1.0), VOXEL_SCALES, None),
     ]
+    if spec.context_mm > 0:
+        print(f"the same region with {spec.context_mm} mm of context: {grid.context_hu.shape} voxels")
+        volumes.append(
+            (
+                f"{arguments.case} liver with {spec.context_mm} mm context, model scales",
+                grid.context_hu,
+                spacing,
+                model_scales,
+                grid.core,
+            )
+        )
     if not arguments.skip_synthetic:
         synthetic = synthetic_hu(SYNTHETIC_SHAPE_ZYX)
         volumes.append(
@@ -560,6 +574,7 @@ def main() -> None:
                 synthetic,
                 (1.0,) * 3,
                 VOXEL_SCALES,
+                None,
             )
         )
 
@@ -567,8 +582,9 @@ def main() -> None:
     methods = methods_for(spec, baseline, arguments.threads)
     rows = []
     product_s = {}
-    for label, hu, volume_spacing, scales in volumes:
-        medians_s, outputs = time_interleaved(methods, hu, volume_spacing, scales, arguments.repeat)
+    for label, hu, volume_spacing, scales, core in volumes:
+        volume_methods = methods if core is None else methods_for(spec, None, arguments.threads, core)
+        medians_s, outputs = time_interleaved(volume_methods, hu, volume_spacing, scales, arguments.repeat)
         product_s[label] = medians_s["mhp-edge"]
         rows.extend(comparison_rows(label, medians_s, outputs))
         print(f"timed {label}", flush=True)
@@ -597,7 +613,9 @@ def main() -> None:
         [
             deviation_row(
                 "mhp-edge (pyramid, as shipped)",
-                multiscale_blob_response(clipped, spacing, model_scales),
+                multiscale_blob_response(
+                    clipped, spacing, model_scales, pyramid_min_sigma_vox=spec.pyramid_min_sigma_vox
+                ),
                 reference,
             ),
             deviation_row(
@@ -615,7 +633,9 @@ def main() -> None:
         f"\nmeasured: float32 matmul {flops_1 / 1e9:.0f} GFLOP/s on 1 thread, {flops_2 / 1e9:.0f} on 2; "
         f"copy {bandwidth / 1e9:.1f} GB/s on 1 thread (read + write)"
     )
-    work = count_hessian_work(region.shape, spacing, model_scales)
+    # NOTE: the count covers the liver region alone. With context the filters also read the
+    # scan around it (the row "with ... context" above), so the stage does more than this floor.
+    work = count_hessian_work(region.shape, spacing, model_scales, spec.pyramid_min_sigma_vox)
     rows, floor_s = floor_rows(work, flops_1, bandwidth)
     print_table(
         f"Floor of the Hessian stage on the {arguments.case} liver region {region.shape}, model scales",

@@ -54,7 +54,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from onnx import numpy_helper
 
-from benchmarks.hessian_compare import liver_region, print_table, sitk_recursive_response
+from benchmarks.hessian_compare import liver_grid, print_table, sitk_recursive_response
 from export import networks
 from export.onnx_export import export_onnx
 from mhp_edge import pipeline
@@ -296,11 +296,12 @@ class TumourInput:
 
 def tumour_input(case: str, metadata: ModelMetadata) -> TumourInput:
     """Prepare the tumour network's inputs on the reference liver region of a case, as the pipeline does."""
-    hu, liver = liver_region(case, metadata)
-    inputs = [normalise_hu(hu, metadata)[np.newaxis]]
+    grid, liver = liver_grid(case, metadata)
+    inputs = [normalise_hu(grid.hu, metadata)[np.newaxis]]
     pad_values = [float(normalise_hu(np.float32(metadata.pad_hu), metadata))]
     if metadata.hessian is not None:
-        inputs.append(hessian_input(hu, metadata.spacing_zyx_mm, metadata.hessian)[np.newaxis])
+        enhanced = hessian_input(grid.context_hu, metadata.spacing_zyx_mm, metadata.hessian, core=grid.core)
+        inputs.append(enhanced[np.newaxis])
         pad_values.append(0.0)
     return TumourInput(inputs, pad_values, liver)
 
@@ -361,14 +362,23 @@ def compare_tumour_inference(model: LoadedModel, twin: TorchModel, case: str, re
 
 
 def sitk_hessian_input(
-    hu: np.ndarray, spacing_zyx_mm: Sequence[float], spec: HessianSpec, *, threads: int = 1
+    hu: np.ndarray,
+    spacing_zyx_mm: Sequence[float],
+    spec: HessianSpec,
+    *,
+    core: tuple[slice, slice, slice] | None = None,
+    threads: int = 1,
 ) -> np.ndarray:
     """Compute the pipeline's ``hessian_input`` with SimpleITK recursive Gaussian derivatives.
 
-    ``threads`` is accepted for the pipeline's call and unused: SimpleITK sizes its own pool.
+    The recursive filters run over the whole of ``hu``, context included, and the core is cut
+    out afterwards. ``threads`` is accepted for the pipeline's call and unused: SimpleITK sizes
+    its own pool.
     """
     clipped = np.clip(hu, *spec.hu_clip).astype(np.float32, copy=False)
     response = sitk_recursive_response(clipped, spacing_zyx_mm, spec.scales_mm)
+    if core is not None:
+        response = response[core]
     return response / np.float32(spec.response_scale)
 
 

@@ -57,9 +57,15 @@ def render_model_section(card: dict[str, Any]) -> list[str]:
         f"(HU - {metadata.get('hu_mean')}) / {metadata.get('hu_std')}.",
     ]
     if hessian:
+        context_mm = hessian.get("context_mm", 0.0)
+        context = (
+            f", computed with {context_mm} mm of scan around the crop"
+            if context_mm
+            else ", computed on the crop alone"
+        )
         lines.append(
             f"- Hessian twin: scales {tuple(hessian['scales_mm'])} mm on CT clipped to "
-            f"{tuple(hessian['hu_clip'])} HU, divided by {hessian['response_scale']}."
+            f"{tuple(hessian['hu_clip'])} HU{context}, divided by {hessian['response_scale']}."
         )
     boundary = metadata.get("boundary")
     if boundary:

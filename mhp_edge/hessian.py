@@ -34,9 +34,9 @@ logger = logging.getLogger(__name__)
 _HESSIAN_ORDERS = ((2, 0, 0), (0, 2, 0), (0, 0, 2), (1, 1, 0), (1, 0, 1), (0, 1, 1))
 
 # A scale is computed on a grid subsampled by an integer factor per axis, as long as at least this
-# many coarse voxels per standard deviation remain. The blur that prepares the subsampling is one
-# coarse voxel wide, so the coarse grid does not alias.
-_PYRAMID_MIN_SIGMA_VOX = 4.0
+# many coarse voxels per standard deviation remain, unless the caller gives another minimum. The
+# blur that prepares the subsampling is one coarse voxel wide, so the coarse grid does not alias.
+PYRAMID_MIN_SIGMA_VOX = 4.0
 _MIN_SIGMA_VOX = 0.3
 
 # Voxels per chunk of the eigenvalue step. Its two dozen float32 temporaries then take about
@@ -275,6 +275,7 @@ def multiscale_blob_response(
     *,
     core: tuple[slice, slice, slice] | None = None,
     pyramid: bool = True,
+    pyramid_min_sigma_vox: float = PYRAMID_MIN_SIGMA_VOX,
     threads: int = 1,
 ) -> np.ndarray:
     """Enhance blobs over several scales: strongest dark-blob minus strongest bright-blob response.
@@ -296,6 +297,9 @@ def multiscale_blob_response(
         Compute large scales on subsampled grids and interpolate their Hessian entries back. On a
         liver crop this took about half the time and stayed within 2.3 % of the full-resolution
         response at the 99th percentile. The tests bound the difference.
+    pyramid_min_sigma_vox : float
+        Fewest coarse voxels per standard deviation a subsampled scale keeps (see
+        ``pyramid_factors``).
     threads : int
         Threads for the filter passes and the eigenvalue step, at least 1. The result does not
         depend on it.
@@ -321,7 +325,7 @@ def multiscale_blob_response(
     bright = np.zeros(core_shape, dtype=np.float32)
     with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as executor:
         for sigma_mm in scales_mm:
-            factors = pyramid_factors(spacing, sigma_mm) if pyramid else (1, 1, 1)
+            factors = pyramid_factors(spacing, sigma_mm, pyramid_min_sigma_vox) if pyramid else (1, 1, 1)
 
             # Each scale reads only the context its kernels reach, so small scales stay cheap. The
             # context before the core is a whole number of subsampling steps, so the coarse grid
@@ -341,9 +345,13 @@ def multiscale_blob_response(
             entries = hessian_entries(
                 coarse, spacing * factors, sigma_mm, presmoothed_zyx_mm=blur_mm, executor=executor
             )
+
             # The Hessian entries are smooth, so they interpolate well; the blob measure is not.
-            upsample = functools.partial(upsample_linear, factors=factors, shape=scale_volume.shape)
-            entries = [np.ascontiguousarray(entry[inner]) for entry in _map(upsample, entries, executor)]
+            # Only the core is interpolated.
+            core_on_coarse = _core_on_coarse(inner, factors)
+            upsample = functools.partial(upsample_linear, factors=factors, shape=core_shape)
+            entries = [entry[core_on_coarse] for entry in entries]
+            entries = [np.ascontiguousarray(entry) for entry in _map(upsample, entries, executor)]
             accumulate_blob_response(entries, dark, bright, executor=executor)
             del entries
             logger.debug("Hessian scale %.1f mm on a grid subsampled by %s", sigma_mm, factors)
@@ -366,6 +374,20 @@ def context_vox(spacing_zyx_mm: np.ndarray, sigma_mm: float, factors: Sequence[i
     return reach[0], reach[1], reach[2]
 
 
+def _core_on_coarse(inner: Sequence[slice], factors: Sequence[int]) -> tuple[slice, slice, slice]:
+    """Return the coarse samples that ``upsample_linear`` needs to fill a core of the fine grid.
+
+    The core's first voxel is a coarse sample, because the context before it is a whole number
+    of subsampling steps. One more sample past the core's end serves its last voxels.
+    """
+    parts = []
+    for part, factor in zip(inner, factors, strict=True):
+        first = part.start // factor
+        count = -(-(part.stop - part.start) // factor)
+        parts.append(slice(first, first + count + (1 if factor > 1 else 0)))
+    return parts[0], parts[1], parts[2]
+
+
 def _checked_core(core: Sequence[slice], shape: Sequence[int]) -> tuple[slice, slice, slice]:
     parts = []
     for part, size in zip(core, shape, strict=True):
@@ -376,10 +398,12 @@ def _checked_core(core: Sequence[slice], shape: Sequence[int]) -> tuple[slice, s
     return parts[0], parts[1], parts[2]
 
 
-def pyramid_factors(spacing_zyx_mm: np.ndarray, sigma_mm: float) -> tuple[int, int, int]:
-    """Return the largest integer subsampling per axis that keeps the scale well sampled."""
+def pyramid_factors(
+    spacing_zyx_mm: np.ndarray, sigma_mm: float, min_sigma_vox: float = PYRAMID_MIN_SIGMA_VOX
+) -> tuple[int, int, int]:
+    """Return the largest integer subsampling per axis that keeps ``min_sigma_vox`` voxels per sigma."""
     sigma_vox = sigma_mm / np.asarray(spacing_zyx_mm)
-    return tuple(max(1, int(s // _PYRAMID_MIN_SIGMA_VOX)) for s in sigma_vox)
+    return tuple(max(1, int(s // min_sigma_vox)) for s in sigma_vox)
 
 
 def subsample(

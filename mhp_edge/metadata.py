@@ -38,12 +38,17 @@ class HessianSpec:
         Scan around the tumour crop, per side, that the Hessian reads, so the response inside
         the crop does not depend on where the crop ends. 0 (models exported before this key
         existed) computes the Hessian on the crop alone.
+    pyramid_min_sigma_vox : float
+        Large scales are computed on a grid subsampled per axis as long as this many coarse
+        voxels per standard deviation remain (``mhp_edge.hessian.pyramid_factors``). Models
+        exported before this key existed used 4.
     """
 
     scales_mm: tuple[float, ...]
     hu_clip: tuple[float, float]
     response_scale: float
     context_mm: float = 0.0
+    pyramid_min_sigma_vox: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,7 @@ class ModelMetadata:
                 "hu_clip": list(self.hessian.hu_clip),
                 "response_scale": self.hessian.response_scale,
                 "context_mm": self.hessian.context_mm,
+                "pyramid_min_sigma_vox": self.hessian.pyramid_min_sigma_vox,
             },
             "boundary": None
             if self.boundary is None
@@ -221,6 +227,7 @@ def parse_metadata(text: str, *, source: str) -> ModelMetadata:
                 hu_clip=_pair(hessian_document["hu_clip"]),
                 response_scale=float(hessian_document["response_scale"]),
                 context_mm=float(hessian_document.get("context_mm", 0.0)),
+                pyramid_min_sigma_vox=float(hessian_document.get("pyramid_min_sigma_vox", 4.0)),
             )
         # Models exported before the boundary refinement existed have no "boundary" key.
         boundary_document = document.get("boundary")
@@ -307,6 +314,10 @@ def _validate(metadata: ModelMetadata, *, source: str) -> None:
             problems.append("hessian response_scale must be > 0")
         if metadata.hessian.context_mm < 0:
             problems.append(f"hessian context_mm is {metadata.hessian.context_mm}, expected >= 0")
+        if metadata.hessian.pyramid_min_sigma_vox < 1:
+            problems.append(
+                f"hessian pyramid_min_sigma_vox is {metadata.hessian.pyramid_min_sigma_vox}, expected >= 1"
+            )
     if problems:
         raise ModelError(f"{source}: inconsistent model metadata: " + "; ".join(problems) + ".")
 
@@ -329,6 +340,7 @@ def _numbers(metadata: ModelMetadata) -> list[tuple[str, float]]:
         numbers += [("hessian hu_clip", v) for v in metadata.hessian.hu_clip]
         numbers.append(("hessian response_scale", metadata.hessian.response_scale))
         numbers.append(("hessian context_mm", metadata.hessian.context_mm))
+        numbers.append(("hessian pyramid_min_sigma_vox", metadata.hessian.pyramid_min_sigma_vox))
     if metadata.boundary is not None:
         boundary = metadata.boundary
         numbers += [

@@ -190,7 +190,14 @@ def hessian_input(
     """
     low, high = spec.hu_clip
     clipped = np.clip(hu, low, high).astype(np.float32, copy=False)
-    response = multiscale_blob_response(clipped, spacing_zyx_mm, spec.scales_mm, core=core, threads=threads)
+    response = multiscale_blob_response(
+        clipped,
+        spacing_zyx_mm,
+        spec.scales_mm,
+        core=core,
+        pyramid_min_sigma_vox=spec.pyramid_min_sigma_vox,
+        threads=threads,
+    )
     response /= np.float32(spec.response_scale)
     return response
 

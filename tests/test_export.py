@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import SimpleITK as sitk
 
 torch = pytest.importorskip("torch")
 
@@ -26,10 +27,12 @@ from export.contract import (  # noqa: E402
 from export.data import (  # noqa: E402
     IGNORE_LABEL,
     Augmentation,
+    CaseFiles,
     PatchMix,
     PatchSampler,
     PreparedCase,
     measure_response_scale,
+    prepare_case,
 )
 from export.networks import MHPNet, PlainUNet, count_parameters  # noqa: E402
 from export.onnx_export import export_onnx, write_card  # noqa: E402
@@ -39,6 +42,7 @@ from export.train import RECIPES, Budget, dice_bce_loss, hold_back_lesions, lear
 from mhp_edge.errors import ModelError  # noqa: E402
 from mhp_edge.metadata import METADATA_KEY, card_path_for, parse_metadata, sha256_of_file  # noqa: E402
 from mhp_edge.model import load_model  # noqa: E402
+from mhp_edge.preprocess import hessian_input  # noqa: E402
 
 # Smallest shape both networks accept: LiverNet halves every axis three times.
 SMALL_PATCH_VOX = (16, 32, 32)
@@ -397,6 +401,54 @@ def test_synthetic_lesions_go_into_healthy_liver_only():
     assert difference[new_tumour].mean() < -30
     assert changed.blob_response.shape == case.hu.shape
     assert np.abs(changed.blob_response[new_tumour]).max() > 0
+
+
+def test_synthetic_lesions_see_the_context_of_the_crop():
+    case = two_lesion_case()
+    context_hu = np.pad(case.hu, 12, constant_values=100.0)
+    core = (slice(12, 52), slice(12, 92), slice(12, 92))
+    case = replace(case, hu=context_hu[core], context_hu=context_hu, core=core)
+    metadata = tumour_metadata({}, response_scale=1.0)
+
+    changed = insert_lesions(
+        case, measure_lesions([case], case.spacing_zyx_mm), metadata, count=2, rng=np.random.default_rng(0)
+    )
+
+    # The lesions are painted into a copy of the context, through its core.
+    np.testing.assert_array_equal(case.context_hu, context_hu)
+    np.testing.assert_array_equal(changed.context_hu[core], changed.hu)
+    outside_core = np.ones(context_hu.shape, dtype=bool)
+    outside_core[core] = False
+    np.testing.assert_array_equal(changed.context_hu[outside_core], context_hu[outside_core])
+    expected = hessian_input(changed.context_hu, case.spacing_zyx_mm, metadata.hessian, core=core)
+    np.testing.assert_array_equal(changed.blob_response, expected)
+
+
+def test_prepared_tumour_case_carries_context(tmp_path):
+    hu = np.full((40, 120, 120), -50.0, dtype=np.float32)
+    hu[12:28, 40:80, 40:80] = 100.0
+    label = np.zeros(hu.shape, dtype=np.uint8)
+    label[12:28, 40:80, 40:80] = 1
+    label[18:22, 55:62, 55:62] = 2
+    paths = []
+    for name, array in (("ct", hu), ("label", label)):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((1.25, 1.25, 2.5))
+        paths.append(tmp_path / f"case_01_{name}.nii.gz")
+        sitk.WriteImage(image, str(paths[-1]))
+    metadata = tumour_metadata({}, response_scale=1.0)
+
+    prepared = prepare_case(CaseFiles("case_01", *paths), metadata, cache_dir=tmp_path / "cache")
+    cached = prepare_case(CaseFiles("case_01", *paths), metadata, cache_dir=tmp_path / "cache")
+
+    # 10 mm margin around the liver box; the 60 mm context is cut by the scan's edges.
+    assert prepared.hu.shape == (24, 56, 56)
+    assert prepared.context_hu.shape == (40, 120, 120)
+    assert prepared.core == (slice(8, 32), slice(32, 88), slice(32, 88))
+    assert prepared.label.shape == prepared.hu.shape
+    assert prepared.blob_response.shape == prepared.hu.shape
+    np.testing.assert_array_equal(cached.context_hu, prepared.context_hu)
+    assert cached.core == prepared.core
 
 
 def test_hold_back_lesions_marks_the_rest_ignored():

@@ -108,10 +108,11 @@ def test_flipping_axis_flips_pyramid_response(axis):
     assert np.percentile(difference, 99) < PYRAMID_TOLERANCE * np.percentile(np.abs(response), 99)
 
 
-def test_pyramid_close_to_float64_reference():
+@pytest.mark.parametrize("min_sigma_vox", [4.0, 3.0])
+def test_pyramid_close_to_float64_reference(min_sigma_vox):
     volume = blobby_volume(7)
     reference = multiscale_blob_response(volume.astype(np.float64), (2.0, 1.0, 1.0), SCALES_MM, pyramid=False)
-    fast = multiscale_blob_response(volume, (2.0, 1.0, 1.0), SCALES_MM)
+    fast = multiscale_blob_response(volume, (2.0, 1.0, 1.0), SCALES_MM, pyramid_min_sigma_vox=min_sigma_vox)
     difference = np.abs(fast - reference)
     scale = np.percentile(np.abs(reference), 99)
     assert np.percentile(difference, 99) < PYRAMID_TOLERANCE * scale
@@ -139,3 +140,46 @@ def test_threads_give_identical_response():
     several = multiscale_blob_response(volume, (2.5, 1.25, 1.25), (3.0, 6.0, 12.0), threads=3)
 
     np.testing.assert_array_equal(single, several)
+
+
+@pytest.mark.parametrize("pyramid", [False, True])
+def test_core_response_does_not_depend_on_the_cut(pyramid):
+    # The response in a core region must be the same whether the volume around it was cut
+    # tightly or generously, as long as the filters' context fits: this is what makes the tumour
+    # model's Hessian input independent of where the liver's box ends.
+    rng = np.random.default_rng(3)
+    volume = ndimage.gaussian_filter(rng.normal(size=(70, 160, 170)), 2.0).astype(np.float32) * 300
+    spacing_zyx_mm, scales_mm = (2.5, 1.25, 1.25), (3.0, 6.0, 12.0)
+    core = (slice(25, 45), slice(60, 100), slice(64, 104))
+    cut = (slice(3, 68), slice(7, 158), slice(10, 166))
+    core_in_cut = tuple(slice(c.start - k.start, c.stop - k.start) for c, k in zip(core, cut, strict=True))
+
+    whole = multiscale_blob_response(volume, spacing_zyx_mm, scales_mm, pyramid=pyramid)
+    generous = multiscale_blob_response(volume, spacing_zyx_mm, scales_mm, core=core, pyramid=pyramid)
+    tight = multiscale_blob_response(
+        volume[cut], spacing_zyx_mm, scales_mm, core=core_in_cut, pyramid=pyramid
+    )
+
+    assert generous.shape == (20, 40, 40)
+    np.testing.assert_array_equal(generous, tight)
+    if not pyramid:
+        # Without subsampling every voxel of the whole volume is computed the same way.
+        np.testing.assert_array_equal(generous, whole[core])
+
+
+def test_core_without_context_differs_near_its_faces():
+    # The same core computed with no context around it sees the cut: the check above can fail.
+    rng = np.random.default_rng(3)
+    volume = ndimage.gaussian_filter(rng.normal(size=(40, 80, 80)), 2.0).astype(np.float32) * 300
+    core = (slice(10, 30), slice(20, 60), slice(20, 60))
+
+    with_context = multiscale_blob_response(volume, (2.5, 1.25, 1.25), (3.0, 6.0, 12.0), core=core)
+    alone = multiscale_blob_response(volume[core], (2.5, 1.25, 1.25), (3.0, 6.0, 12.0))
+
+    assert np.abs(with_context - alone).max() > 0.1 * np.abs(with_context).max()
+
+
+@pytest.mark.parametrize("core", [(slice(0, 0), slice(0, 4), slice(0, 4)), (slice(0, 4, 2),) * 3])
+def test_rejects_empty_or_strided_core(core):
+    with pytest.raises(ValueError, match="core must be non-empty"):
+        multiscale_blob_response(np.zeros((4, 4, 4), dtype=np.float32), (1.0, 1.0, 1.0), SCALES_MM, core=core)

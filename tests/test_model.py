@@ -44,6 +44,24 @@ def test_metadata_without_boundary_key_still_loads():
     assert parse_metadata(json.dumps(document), source="old.onnx").boundary is None
 
 
+def test_metadata_without_hessian_context_reads_the_crop_alone():
+    # Tumour models exported before the Hessian read context around the crop have no
+    # "context_mm" key.
+    document = json.loads(make_metadata("tumour").to_json())
+    del document["hessian"]["context_mm"]
+    assert parse_metadata(json.dumps(document), source="old.onnx").hessian.context_mm == 0.0
+
+
+@pytest.mark.parametrize(
+    ("value", "message"), [(-1.0, "context_mm is -1.0"), (float("inf"), "context_mm must be finite")]
+)
+def test_invalid_hessian_context_rejected(value, message):
+    document = json.loads(make_metadata("tumour").to_json())
+    document["hessian"]["context_mm"] = value
+    with pytest.raises(ModelError, match=message):
+        parse_metadata(json.dumps(document), source="model.onnx")
+
+
 @pytest.mark.parametrize(
     ("task", "changes", "message"),
     [

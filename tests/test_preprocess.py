@@ -1,0 +1,95 @@
+"""Model input preparation: the tumour crop at the model spacing and the scan around it."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from export.contract import hessian_context_mm
+from mhp_edge.preprocess import hessian_input, resample_box, resample_to_spacing
+from model_factory import make_metadata
+
+
+def random_scan(shape_zyx=(40, 120, 110), spacing_zyx_mm=(2.5, 1.25, 1.25)):
+    rng = np.random.default_rng(5)
+    hu = ndimage.gaussian_filter(rng.normal(size=shape_zyx), 2.0).astype(np.float32) * 400 + 60
+    image = sitk.GetImageFromArray(hu)
+    image.SetSpacing(tuple(reversed(spacing_zyx_mm)))
+    image.SetOrigin((-20.0, 35.0, -110.0))
+    return image
+
+
+def tumour_metadata(context_mm, spacing_zyx_mm=(2.5, 1.25, 1.25)):
+    metadata = make_metadata("tumour", spacing_zyx_mm=spacing_zyx_mm)
+    return dataclasses.replace(metadata, hessian=dataclasses.replace(metadata.hessian, context_mm=context_mm))
+
+
+def test_core_is_the_crop_resampled():
+    scan = random_scan()
+    box = (slice(10, 30), slice(30, 90), slice(25, 85))
+    z, y, x = box
+    crop = scan[x.start : x.stop, y.start : y.stop, z.start : z.stop]
+
+    metadata = tumour_metadata(30.0, spacing_zyx_mm=(3.0, 2.0, 2.0))
+    grid = resample_box(scan, box, metadata)
+    expected = resample_to_spacing(crop, metadata.spacing_zyx_mm, default_value=metadata.pad_hu)
+
+    np.testing.assert_array_equal(grid.hu, sitk.GetArrayFromImage(expected))
+    assert grid.image.GetOrigin() == expected.GetOrigin()
+    assert grid.image.GetSize() == expected.GetSize()
+
+
+@pytest.mark.parametrize(
+    ("box", "expected_before", "expected_after"),
+    [
+        # Room on every side: 30 mm is 10 model voxels in z and 15 in y and x.
+        ((slice(30, 50), slice(40, 80), slice(40, 70)), (10, 15, 15), (10, 15, 15)),
+        # The box touches the scan's first slice and first rows: no context there.
+        ((slice(0, 20), slice(0, 50), slice(40, 70)), (0, 0, 15), (10, 15, 15)),
+    ],
+)
+def test_context_stops_at_the_scan(box, expected_before, expected_after):
+    metadata = tumour_metadata(30.0, spacing_zyx_mm=(3.0, 2.0, 2.0))
+    scan = random_scan((80, 120, 110), spacing_zyx_mm=(1.5, 1.0, 1.0))
+
+    grid = resample_box(scan, box, metadata)
+
+    before = tuple(part.start for part in grid.core)
+    after = tuple(size - part.stop for part, size in zip(grid.core, grid.context_hu.shape, strict=True))
+    assert before == expected_before
+    assert after == expected_after
+    # Context voxels are scan, never padding.
+    assert grid.context_hu.min() > metadata.pad_hu
+
+
+def test_context_keeps_the_hessian_of_a_voxel_fixed():
+    # Two boxes around the same voxels, on a scan at the model spacing: with context the Hessian of
+    # their shared voxels agrees exactly, without it the voxels near the faces differ.
+    scan = random_scan()
+    spacing = (2.5, 1.25, 1.25)
+    small = (slice(14, 26), slice(45, 75), slice(40, 70))
+    large = (slice(10, 30), slice(35, 85), slice(30, 80))
+    shared_in_large = tuple(
+        slice(inner.start - outer.start, inner.stop - outer.start)
+        for inner, outer in zip(small, large, strict=True)
+    )
+
+    def hessian_of(box, context_mm):
+        metadata = tumour_metadata(context_mm)
+        grid = resample_box(scan, box, metadata)
+        return hessian_input(grid.context_hu, spacing, metadata.hessian, core=grid.core)
+
+    context_mm = hessian_context_mm(spacing, make_metadata("tumour").hessian.scales_mm, 4.0)
+    with_context = hessian_of(large, context_mm)[shared_in_large]
+    np.testing.assert_array_equal(hessian_of(small, context_mm), with_context)
+    difference = np.abs(hessian_of(small, 0.0) - hessian_of(large, 0.0)[shared_in_large])
+    assert difference.max() > 0.1
+
+
+def test_zero_context_is_the_crop_alone():
+    scan = random_scan()
+    grid = resample_box(scan, (slice(10, 30), slice(30, 90), slice(25, 85)), tumour_metadata(0.0))
+    assert grid.context_hu.shape == grid.hu.shape
+    assert all(part.start == 0 for part in grid.core)
