@@ -133,8 +133,8 @@ def insert_lesions(
         (response scale 1), as ``prepare_case`` stores it.
     """
     spacing = np.asarray(case.spacing_zyx_mm, dtype=float)
-    # Lesions are painted into the crop, which is a view into a copy of its context, so the
-    # recomputed Hessian sees them with the same surroundings as the real case's Hessian.
+    # Lesions are painted into the crop, which is a view into a copy of its context. The
+    # recomputed Hessian then reads the same surroundings as the real case's Hessian.
     context_hu = (case.hu if case.context_hu is None else case.context_hu).copy()
     core = case.core if case.context_hu is not None else tuple(slice(0, n) for n in case.hu.shape)
     hu = context_hu[core]

@@ -205,6 +205,14 @@ class Segmenter:
                 f"The given liver mask covers {liver_ml:.0f} mL, below {MIN_LIVER_ML:.0f} mL, so no "
                 "tumour was searched for. Check that the mask belongs to this scan."
             )
+        elif liver_ml > 0 and _touches_edge(liver):
+            warnings.append(
+                f"Only {liver_ml:.0f} mL of liver found (below {MIN_LIVER_ML:.0f} mL), at the edge of the "
+                "scan, so the mask is empty. The scan probably shows only the tip of the liver: give a "
+                "scan that covers the whole liver."
+            )
+            liver = np.zeros(liver.shape, dtype=bool)
+            liver_ml = 0.0
         else:
             warnings.append(
                 f"No liver found (at most {liver_ml:.0f} mL, below {MIN_LIVER_ML:.0f} mL), so the mask is "

@@ -223,7 +223,7 @@ class TumourGrid:
 
     @property
     def hu(self) -> np.ndarray:
-        """HU on ``image``'s grid, float32 (z, y, x); a view into ``context_hu``."""
+        """HU on ``image``'s grid, float32 (z, y, x), as a view into ``context_hu``."""
         return self.context_hu[self.core]
 
 
@@ -258,11 +258,11 @@ def resample_box(scan: sitk.Image, box: tuple[slice, slice, slice], metadata: Mo
     scan_shape = sitk.GetArrayViewFromImage(scan).shape
     before, after = [], []
     for axis, part in enumerate(box):
-        wanted = int(np.ceil(context_mm / metadata.spacing_zyx_mm[axis]))
+        requested_vox = int(np.ceil(context_mm / metadata.spacing_zyx_mm[axis]))
         room_before_vox = part.start / ratio[axis]
         room_after_vox = (scan_shape[axis] - 1 - part.start) / ratio[axis] - (hu.shape[axis] - 1)
-        before.append(min(wanted, int(np.floor(room_before_vox + 1e-6))))
-        after.append(max(0, min(wanted, int(np.floor(room_after_vox + 1e-6)))))
+        before.append(min(requested_vox, int(np.floor(room_before_vox + 1e-6))))
+        after.append(max(0, min(requested_vox, int(np.floor(room_after_vox + 1e-6)))))
     grown_shape_xyz = [int(n + b + a) for n, b, a in zip(hu.shape, before, after, strict=True)][::-1]
     origin = image.TransformContinuousIndexToPhysicalPoint([-float(b) for b in before[::-1]])
     grown = sitk.Resample(

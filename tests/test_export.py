@@ -441,7 +441,7 @@ def test_prepared_tumour_case_carries_context(tmp_path):
     prepared = prepare_case(CaseFiles("case_01", *paths), metadata, cache_dir=tmp_path / "cache")
     cached = prepare_case(CaseFiles("case_01", *paths), metadata, cache_dir=tmp_path / "cache")
 
-    # 10 mm margin around the liver box; the 60 mm context is cut by the scan's edges.
+    # The crop is the liver box plus 10 mm. The context (64 mm) is cut by the scan's edges.
     assert prepared.hu.shape == (24, 56, 56)
     assert prepared.context_hu.shape == (40, 120, 120)
     assert prepared.core == (slice(8, 32), slice(32, 88), slice(32, 88))

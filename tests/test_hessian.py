@@ -145,8 +145,8 @@ def test_threads_give_identical_response():
 @pytest.mark.parametrize("pyramid", [False, True])
 def test_core_response_does_not_depend_on_the_cut(pyramid):
     # The response in a core region must be the same whether the volume around it was cut
-    # tightly or generously, as long as the filters' context fits: this is what makes the tumour
-    # model's Hessian input independent of where the liver's box ends.
+    # tightly or generously, as long as the filters' context fits. This makes the tumour model's
+    # Hessian input independent of where the liver's box ends.
     rng = np.random.default_rng(3)
     volume = ndimage.gaussian_filter(rng.normal(size=(70, 160, 170)), 2.0).astype(np.float32) * 300
     spacing_zyx_mm, scales_mm = (2.5, 1.25, 1.25), (3.0, 6.0, 12.0)
@@ -168,7 +168,7 @@ def test_core_response_does_not_depend_on_the_cut(pyramid):
 
 
 def test_core_without_context_differs_near_its_faces():
-    # The same core computed with no context around it sees the cut: the check above can fail.
+    # The same core computed with no context around it depends on the cut, so the check above can fail.
     rng = np.random.default_rng(3)
     volume = ndimage.gaussian_filter(rng.normal(size=(40, 80, 80)), 2.0).astype(np.float32) * 300
     core = (slice(10, 30), slice(20, 60), slice(20, 60))

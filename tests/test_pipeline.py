@@ -108,6 +108,28 @@ def test_constant_image_gives_empty_mask(segmenter, value):
 
 
 @pytest.mark.parametrize(
+    ("first_slice", "message"),
+    [
+        (0, "Only 43 mL of liver found (below 50 mL), at the edge of the scan"),
+        (10, "No liver found (at most 43 mL, below 50 mL)"),
+    ],
+)
+def test_small_liver_gives_empty_mask_and_reason(segmenter, first_slice, message):
+    # 3 slices of 4 mm, 20 x 20 voxels of 3 mm: 43 mL of liver-like tissue (HU > 0 for the
+    # linear liver model), at the scan's first slice or inside the scan.
+    hu = np.full((24, 40, 48), -1000, dtype=np.int16)
+    hu[first_slice : first_slice + 3, 5:25, 8:28] = 60
+    image = sitk.GetImageFromArray(hu)
+    image.SetSpacing((3.0, 3.0, 4.0))
+
+    result = segmenter.segment(image)
+
+    assert sitk.GetArrayViewFromImage(result.mask).max() == 0
+    assert result.liver_volume_ml == 0.0
+    assert any(message in warning for warning in result.warnings), result.warnings
+
+
+@pytest.mark.parametrize(
     "pixel_type",
     [sitk.sitkInt16, sitk.sitkInt32, sitk.sitkFloat32, sitk.sitkFloat64],
 )
