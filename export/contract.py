@@ -46,8 +46,8 @@ TUMOUR_WINDOW_VOX = (32, 96, 96)
 # Post-processing of the tumour model, chosen by benchmarks/tumour_ablation.py on out-of-fold
 # probabilities of the leave-one-case-out run of the shipped recipe
 # (benchmarks/results/tumour_loco.md). export.postprocessing writes them into a trained model.
-TUMOUR_THRESHOLD = 0.2
-TUMOUR_MIN_COMPONENT_MM3 = 250.0
+TUMOUR_THRESHOLD = 0.3
+TUMOUR_MIN_COMPONENT_MM3 = 500.0
 
 
 # Boundary refinement of the liver model's mask (mhp_edge.liver_boundary). The values were chosen
