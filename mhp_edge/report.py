@@ -107,6 +107,9 @@ def measure_lesions(label_image: sitk.Image, scan: sitk.Image) -> list[Lesion]:
     shape = sitk.LabelShapeStatisticsImageFilter()
     shape.Execute(components)
     intensity = sitk.LabelStatisticsImageFilter()
+    # The report uses mean and standard deviation only; the histograms (for medians) were half of
+    # this function's time on ircadb_01's seven lesions.
+    intensity.UseHistogramsOff()
     intensity.Execute(sitk.Cast(scan, sitk.sitkFloat32), components)
 
     axial_components = sitk.DICOMOrient(components, "LPS")
