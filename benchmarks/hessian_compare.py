@@ -237,7 +237,8 @@ def methods_for(
     ``threads`` argument, ``mhp-edge, N threads`` runs it with ``threads`` threads as well.
     With a ``core``, every method returns the response of the core only. The product's stage reads
     only the context its kernels need, while the other methods filter all of ``hu`` and cut out
-    the core, which is the same result.
+    the core. Without the pyramid that is the same result; with it the values differ slightly,
+    because the subsampled grids start at different voxels.
     """
     low, high = spec.hu_clip
     whole = tuple(slice(None) for _ in range(3)) if core is None else core
@@ -247,7 +248,12 @@ def methods_for(
 
     methods = {"mhp-edge": lambda hu, spacing, scales: product_response(hu, spacing, scales, spec, core)}
     if threads > 1 and "threads" in inspect.signature(multiscale_blob_response).parameters:
-        threaded = functools.partial(multiscale_blob_response, threads=threads, core=core)
+        threaded = functools.partial(
+            multiscale_blob_response,
+            threads=threads,
+            core=core,
+            pyramid_min_sigma_vox=spec.pyramid_min_sigma_vox,
+        )
         methods[f"mhp-edge, {threads} threads"] = lambda hu, spacing, scales: threaded(
             np.clip(hu, low, high), spacing, scales
         )

@@ -32,7 +32,8 @@ TUMOUR_HESSIAN_HU_CLIP = (-50.0, 200.0)
 TUMOUR_SPACING_ZYX_MM = (2.5, 1.25, 1.25)
 # Scales keep at least 3 coarse voxels per standard deviation on the subsampled grids, so the
 # 12 mm scale runs on every third row and column. On the ircadb_01 liver crop with its context the
-# Hessian stage took 0.52 s instead of 0.61 s at 4 (2 threads). Against a float64 full-resolution
+# Hessian stage took 0.52 s instead of 0.61 s at 4 (multiscale_blob_response on 2 threads of the
+# 2-core development machine). Against a float64 full-resolution
 # reference the response stayed within 1.7 % at the 99th percentile of the liver's voxels (0.8 %
 # at 4) and within 2.9 % over the demo scan's crop (2.1 % at 4). At 2 the stage took 0.38 s but
 # the demo crop's error grew to 11 %.

@@ -296,6 +296,7 @@ def _cache_key(case: CaseFiles, metadata: ModelMetadata) -> str:
         settings["hessian_scales_mm"] = list(metadata.hessian.scales_mm)
         settings["hessian_hu_clip"] = list(metadata.hessian.hu_clip)
         settings["hessian_context_mm"] = metadata.hessian.context_mm
+        settings["hessian_pyramid_min_sigma_vox"] = metadata.hessian.pyramid_min_sigma_vox
     text = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

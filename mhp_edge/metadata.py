@@ -18,7 +18,11 @@ from typing import Any
 from mhp_edge.errors import ModelError
 
 METADATA_KEY = "mhp_edge.metadata"
-SCHEMA_VERSION = 1
+# Version 2 added the Hessian's context_mm and pyramid_min_sigma_vox. Runtimes that read only
+# version 1 would ignore them and feed such a model inputs it was not trained on, so they must
+# reject it. Version 1 documents still load, with the defaults of those keys.
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 TASKS = ("liver", "tumour")
 
 
@@ -35,8 +39,8 @@ class HessianSpec:
     response_scale : float
         The enhanced volume is divided by this value so its typical magnitude is about 1.
     context_mm : float
-        Scan around the tumour crop, per side, that the Hessian reads, so the response inside
-        the crop does not depend on where the crop ends. 0 (models exported before this key
+        Scan around the tumour crop, per side, that the Hessian reads, so the response near the
+        crop's faces does not depend on where the crop ends. 0 (models exported before this key
         existed) computes the Hessian on the crop alone.
     pyramid_min_sigma_vox : float
         Large scales are computed on a grid subsampled per axis as long as this many coarse
@@ -212,10 +216,11 @@ def parse_metadata(text: str, *, source: str) -> ModelMetadata:
         return document[key]
 
     version = require("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMA_VERSIONS:
         raise ModelError(
             f"{source}: metadata schema_version is {version}, this mhp-edge reads "
-            f"{SCHEMA_VERSION}. Use the mhp-edge release the model was exported for."
+            f"{', '.join(str(v) for v in READABLE_SCHEMA_VERSIONS)}. Use the mhp-edge release the "
+            "model was exported for."
         )
 
     try:

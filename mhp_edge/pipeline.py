@@ -195,7 +195,9 @@ class Segmenter:
         with timer.stage("prepare"):
             hu = sitk.GetArrayViewFromImage(scan)
             warnings.extend(anatomy_warnings(hu, liver, image_spacing_zyx_mm(scan)))
-            warnings.extend(liver_volume_warnings(liver_ml, touches_edge=_touches_edge(liver)))
+            if liver_ml >= MIN_LIVER_ML:
+                # Smaller livers are dropped below, with a warning of their own.
+                warnings.extend(liver_volume_warnings(liver_ml, touches_edge=_touches_edge(liver)))
 
         tumour = np.zeros(liver.shape, dtype=bool)
         if liver_ml >= MIN_LIVER_ML:

@@ -242,8 +242,7 @@ def resample_box(scan: sitk.Image, box: tuple[slice, slice, slice], metadata: Mo
     Returns
     -------
     TumourGrid
-        The context stays inside the scan, so the filters treat the scan's own edge as
-        before and never see padding.
+        The context stays inside the scan, so the filters treat the scan's own edge as before.
     """
     z, y, x = box
     crop = scan[x.start : x.stop, y.start : y.stop, z.start : z.stop]
@@ -278,6 +277,10 @@ def resample_box(scan: sitk.Image, box: tuple[slice, slice, slice], metadata: Mo
     )
 
     # The core keeps the crop's own resampling, so the CT input is the same with and without context.
+    # NOTE: that resampling fills the crop's last slab along an axis with pad_hu when the slab lies
+    # more than half a voxel past the crop (the last slice of most 5 mm scans), and real scan follows
+    # it in the context. Training does the same, so the model has seen it. Filling that slab from the
+    # scan would change the input and needs a retrained model.
     context_hu = sitk.GetArrayFromImage(grown)
     core = tuple(slice(b, b + n) for b, n in zip(before, hu.shape, strict=True))
     context_hu[core] = hu

@@ -44,6 +44,18 @@ def test_metadata_without_boundary_key_still_loads():
     assert parse_metadata(json.dumps(document), source="old.onnx").boundary is None
 
 
+def test_metadata_schema_1_loads_and_3_is_rejected():
+    document = json.loads(make_metadata("tumour").to_json())
+    del document["hessian"]["context_mm"]
+    del document["hessian"]["pyramid_min_sigma_vox"]
+    document["schema_version"] = 1
+    assert parse_metadata(json.dumps(document), source="old.onnx").hessian.pyramid_min_sigma_vox == 4.0
+
+    document["schema_version"] = 3
+    with pytest.raises(ModelError, match="schema_version is 3, this mhp-edge reads 1, 2"):
+        parse_metadata(json.dumps(document), source="new.onnx")
+
+
 def test_metadata_without_hessian_context_reads_the_crop_alone():
     # Tumour models exported before the Hessian read context around the crop have no
     # "context_mm" key.

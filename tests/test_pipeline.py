@@ -127,6 +127,7 @@ def test_small_liver_gives_empty_mask_and_reason(segmenter, first_slice, message
     assert sitk.GetArrayViewFromImage(result.mask).max() == 0
     assert result.liver_volume_ml == 0.0
     assert any(message in warning for warning in result.warnings), result.warnings
+    assert not any("usual adult range" in warning for warning in result.warnings), result.warnings
 
 
 @pytest.mark.parametrize(
