@@ -331,9 +331,9 @@ def multiscale_blob_response(
             # context before the core is a whole number of subsampling steps, so the coarse grid
             # always has a sample on the core's first voxel.
             # NOTE: the coarse grid thus moves with the core. Moving the core by a voxel count that
-            # is not a multiple of the factor changes a subsampled scale's response a little (up to
-            # 4 % of its 99th percentile for factor 3, measured on a random volume at the shipped
-            # model's settings).
+            # is not a multiple of the factor changes a subsampled scale's response a little. For
+            # factor 3 that was up to 4 % of its 99th percentile, measured on a random volume at
+            # the shipped model's settings.
             reach = context_vox(spacing, sigma_mm, factors)
             region = tuple(
                 slice(part.start - min(r, part.start) // f * f, min(size, part.stop + r))

@@ -278,8 +278,8 @@ def resample_box(scan: sitk.Image, box: tuple[slice, slice, slice], metadata: Mo
 
     # The core keeps the crop's own resampling, so the CT input is the same with and without context.
     # NOTE: that resampling fills the crop's last slab along an axis with pad_hu when the slab lies
-    # more than half a voxel past the crop (the last slice of most 5 mm scans), and real scan follows
-    # it in the context. Training does the same, so the model has seen it. Filling that slab from the
+    # more than half a voxel past the crop (the last slice of most 5 mm scans). Real scan follows it
+    # in the context. Training does the same, so the model has seen it. Filling that slab from the
     # scan would change the input and needs a retrained model.
     context_hu = sitk.GetArrayFromImage(grown)
     core = tuple(slice(b, b + n) for b, n in zip(before, hu.shape, strict=True))
