@@ -23,6 +23,7 @@ from mhp_edge import __version__
 from mhp_edge.errors import (
     ConfigurationError,
     InputImageError,
+    LiverMaskError,
     MhpEdgeError,
     ModelError,
     OutputError,
@@ -409,7 +410,10 @@ def segment_scan(
         reference = read_image(liver_mask) if liver_mask is not None else None
         read_s = time.perf_counter() - started
 
-        result = segmenter.segment(image, liver_mask=reference)
+        try:
+            result = segmenter.segment(image, liver_mask=reference)
+        except LiverMaskError as err:
+            raise LiverMaskError(f"{liver_mask}: {err}") from err
 
         started = time.perf_counter()
         report = build_report(

@@ -12,6 +12,10 @@ class InputImageError(MhpEdgeError):
     """The input scan or mask cannot be read or is not a usable CT volume."""
 
 
+class LiverMaskError(InputImageError):
+    """The given liver mask does not fit the scan (another grid, or values that are not a mask)."""
+
+
 class OutputError(MhpEdgeError):
     """The output cannot be written where the caller asked."""
 

@@ -164,7 +164,8 @@ def staged_outputs(paths: Sequence[Path], *, overwrite: bool = False) -> Iterato
 
     Yields one temporary path per destination, in the destination's folder and with its suffix.
     When the block ends without an exception every temporary file replaces its destination;
-    otherwise all are deleted and no destination changes.
+    otherwise all are deleted, no destination changes, and the folders this function created
+    are removed again when they are still empty.
 
     Raises
     ------
@@ -180,8 +181,10 @@ def staged_outputs(paths: Sequence[Path], *, overwrite: bool = False) -> Iterato
             raise OutputError(f"{destination}: already exists. Remove it or pass --overwrite.")
 
     temporaries: list[Path] = []
+    created_folders: list[Path] = []
     try:
         for destination in destinations:
+            created_folders.extend(_missing_folders(destination.parent))
             destination.parent.mkdir(parents=True, exist_ok=True)
             suffix = image_suffix(destination) or "".join(destination.suffixes[-1:])
             handle, name = tempfile.mkstemp(
@@ -191,20 +194,44 @@ def staged_outputs(paths: Sequence[Path], *, overwrite: bool = False) -> Iterato
             temporaries.append(Path(name))
     except OSError as err:
         _remove(temporaries)
+        _remove_empty_folders(created_folders)
         raise OutputError(
             f"{destinations[len(temporaries)]}: cannot be written ({err}). Choose a writable folder."
         ) from err
 
+    moved = False
     try:
         yield temporaries
         for temporary, destination in zip(temporaries, destinations, strict=True):
             # mkstemp creates owner-only files; outputs get the usual permissions instead.
             temporary.chmod(0o666 & ~_current_umask())
             os.replace(temporary, destination)
+        moved = True
     except OSError as err:
         raise OutputError(f"writing {', '.join(map(str, destinations))} failed ({err}).") from err
     finally:
         _remove(temporaries)
+        if not moved:
+            _remove_empty_folders(created_folders)
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """Return the folders that creating ``folder`` would create, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_empty_folders(folders: Sequence[Path]) -> None:
+    # Deepest first, so a parent is empty once its created child is gone. A folder that another
+    # process has written into meanwhile is kept.
+    for folder in sorted(set(folders), key=lambda path: len(path.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
 def _current_umask() -> int:

@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from mhp_edge.errors import ConfigurationError, InputImageError
+from mhp_edge.errors import ConfigurationError, InputImageError, LiverMaskError
 from mhp_edge.io import same_grid
 from mhp_edge.liver_boundary import (
     in_plane_step,
@@ -601,7 +601,7 @@ def _touches_edge(mask: np.ndarray) -> bool:
 
 def _oriented_liver_mask(liver_mask: sitk.Image, image: sitk.Image) -> np.ndarray:
     if not same_grid(liver_mask, image):
-        raise InputImageError(
+        raise LiverMaskError(
             f"liver mask grid (size {liver_mask.GetSize()}, spacing "
             f"{tuple(round(s, 4) for s in liver_mask.GetSpacing())}, origin "
             f"{tuple(round(o, 2) for o in liver_mask.GetOrigin())}) differs from the scan's (size "
@@ -611,7 +611,7 @@ def _oriented_liver_mask(liver_mask: sitk.Image, image: sitk.Image) -> np.ndarra
     values = np.unique(sitk.GetArrayViewFromImage(liver_mask))
     if values.size > 3 or not np.all(np.isin(values, (0, 1, 2, 255))):
         shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
-        raise InputImageError(
+        raise LiverMaskError(
             f"the liver mask has values {shown}; expected a mask with 0 outside and 1 (or 255, or "
             "labels 1 and 2) inside the liver. Was a CT given as the mask?"
         )

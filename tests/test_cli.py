@@ -52,6 +52,19 @@ def test_segment_writes_mask_and_report(tmp_path, scan, models_dir):
     assert "1 lesion(s)" in result.output
 
 
+def test_liver_mask_on_other_grid_names_the_mask(tmp_path, scan, models_dir):
+    mask_path = tmp_path / "other_grid_liver.nii.gz"
+    mask = sitk.Image([16, 16, 8], sitk.sitkUInt8)
+    sitk.WriteImage(mask, str(mask_path))
+
+    result = segment(scan, "-o", tmp_path / "out", "--models", models_dir, "--liver-mask", mask_path)
+
+    assert result.exit_code == EXIT_INPUT
+    assert f"{mask_path}: liver mask grid" in result.output
+    # The output folder did not exist before, so a failed run leaves none behind.
+    assert not (tmp_path / "out").exists()
+
+
 def test_segment_to_mask_file_name(tmp_path, scan, models_dir):
     result = segment(scan, "-o", tmp_path / "result.nrrd", "--models", models_dir)
     assert result.exit_code == 0, result.output
