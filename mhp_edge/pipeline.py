@@ -447,12 +447,10 @@ class Segmenter:
 
         with timer.stage("resample"):
             box = bounding_box_with_margin(liver, image_spacing_zyx_mm(scan), metadata.roi_margin_mm)
-            z, y, x = box
             grid = resample_box(scan, box, metadata)
             work = grid.image
-            crop = scan[x.start : x.stop, y.start : y.stop, z.start : z.stop]
             liver_crop_image = sitk.GetImageFromArray(liver[box].astype(np.uint8))
-            liver_crop_image.CopyInformation(crop)
+            liver_crop_image.CopyInformation(grid.crop)
             work_liver = resample_like(liver_crop_image, work, interpolator=sitk.sitkNearestNeighbor)
             region = sitk.GetArrayViewFromImage(work_liver) > 0
 
@@ -484,7 +482,7 @@ class Segmenter:
         with timer.stage("postprocess"):
             probability_image = sitk.GetImageFromArray(probability)
             probability_image.CopyInformation(work)
-            fine = resample_like(probability_image, crop, interpolator=sitk.sitkLinear)
+            fine = resample_like(probability_image, grid.crop, interpolator=sitk.sitkLinear)
         return box, sitk.GetArrayFromImage(fine)
 
 

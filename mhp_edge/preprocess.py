@@ -208,6 +208,8 @@ class TumourGrid:
 
     Attributes
     ----------
+    crop : SimpleITK.Image
+        The box on the scan's own grid, where the probability goes back to.
     image : SimpleITK.Image
         The box resampled to the model spacing: the grid the tumour probability lives on.
     context_hu : ndarray of shape (Z', Y', X'), float32
@@ -217,6 +219,7 @@ class TumourGrid:
         Where ``image`` sits inside ``context_hu``.
     """
 
+    crop: sitk.Image
     image: sitk.Image
     context_hu: np.ndarray
     core: tuple[slice, slice, slice]
@@ -250,7 +253,7 @@ def resample_box(scan: sitk.Image, box: tuple[slice, slice, slice], metadata: Mo
     hu = sitk.GetArrayFromImage(image)
     context_mm = 0.0 if metadata.hessian is None else metadata.hessian.context_mm
     if context_mm == 0:
-        return TumourGrid(image, hu, tuple(slice(0, n) for n in hu.shape))
+        return TumourGrid(crop, image, hu, tuple(slice(0, n) for n in hu.shape))
 
     # Grow the grid by whole model voxels, but only while its voxel centres stay inside the scan.
     ratio = np.asarray(metadata.spacing_zyx_mm) / np.asarray(image_spacing_zyx_mm(scan))
@@ -284,7 +287,7 @@ def resample_box(scan: sitk.Image, box: tuple[slice, slice, slice], metadata: Mo
     context_hu = sitk.GetArrayFromImage(grown)
     core = tuple(slice(b, b + n) for b, n in zip(before, hu.shape, strict=True))
     context_hu[core] = hu
-    return TumourGrid(image, context_hu, core)
+    return TumourGrid(crop, image, context_hu, core)
 
 
 def bounding_box_with_margin(

@@ -37,6 +37,8 @@ def test_core_is_the_crop_resampled():
     expected = resample_to_spacing(crop, metadata.spacing_zyx_mm, default_value=metadata.pad_hu)
 
     np.testing.assert_array_equal(grid.hu, sitk.GetArrayFromImage(expected))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(grid.crop), sitk.GetArrayFromImage(crop))
+    assert grid.crop.GetOrigin() == crop.GetOrigin()
     assert grid.image.GetOrigin() == expected.GetOrigin()
     assert grid.image.GetSize() == expected.GetSize()
 
