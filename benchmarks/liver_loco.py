@@ -18,8 +18,9 @@ tumour Dice values is what the automatic liver costs.
 
 ``--boundary on`` or ``off`` overrides, in memory, whether the fold liver models refine their
 boundary (``mhp_edge.liver_boundary``); ``model`` (the default) keeps what their metadata says.
-``--rescore`` trains nothing and scores the fold models already in ``--work`` again, for example
-with another ``--boundary``.
+``--tiles off`` makes them run overlapping windows of their training patch instead of tiles as
+large as the scan (``mhp_edge.windows.tile_shape``). ``--rescore`` trains nothing and scores the
+fold models already in ``--work`` again, for example with another ``--boundary`` or ``--tiles``.
 
 Folds run ``--jobs`` at a time, each with ``--threads`` torch and onnxruntime threads; a rerun
 only trains the folds whose ``liver.json`` is missing in ``--work``.
@@ -101,7 +102,7 @@ def run_fold(
         "case": held_out.case_id,
         "training_cases": [case.case_id for case in training],
         "training_steps": provenance["training_steps"],
-        **score_liver(held_out, folder, threads=threads, boundary="model"),
+        **score_liver(held_out, folder, threads=threads, overrides={}),
     }
     (folder / "liver.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
@@ -113,21 +114,29 @@ def _fold_commit(folder: Path) -> dict[str, Any]:
     return {key: provenance[key] for key in ("export_commit", "export_tree_dirty")}
 
 
-def fold_segmenter(models_dir: Path, *, threads: int, boundary: str) -> Segmenter:
-    """Load a fold's models. ``boundary`` "on" or "off" overrides the liver boundary refinement."""
-    segmenter = Segmenter(models_dir=models_dir, threads=threads)
+def liver_overrides(boundary: str, tiles: str) -> dict[str, Any]:
+    """Return the liver metadata fields that ``--boundary`` and ``--tiles`` replace in memory."""
+    overrides: dict[str, Any] = {}
     if boundary != "model":
-        liver_model = segmenter.liver_model
-        spec = LIVER_BOUNDARY if boundary == "on" else None
-        segmenter.liver_model = replace(liver_model, metadata=replace(liver_model.metadata, boundary=spec))
+        overrides["boundary"] = LIVER_BOUNDARY if boundary == "on" else None
+    if tiles == "off":
+        overrides["tile_max_vox"] = None
+    return overrides
+
+
+def fold_segmenter(models_dir: Path, *, threads: int, overrides: dict[str, Any]) -> Segmenter:
+    """Load a fold's models, with ``overrides`` replacing fields of the liver model's metadata."""
+    segmenter = Segmenter(models_dir=models_dir, threads=threads)
+    liver_model = segmenter.liver_model
+    segmenter.liver_model = replace(liver_model, metadata=replace(liver_model.metadata, **overrides))
     return segmenter
 
 
-def score_liver(case: CaseFiles, folder: Path, *, threads: int, boundary: str) -> dict[str, Any]:
+def score_liver(case: CaseFiles, folder: Path, *, threads: int, overrides: dict[str, Any]) -> dict[str, Any]:
     """Run a fold's liver stage on its held-out case and return Dice, volumes and wall time."""
     image = read_image(case.ct_path)
     reference = sitk.GetArrayFromImage(read_image(case.label_path)) >= 1
-    segmenter = fold_segmenter(folder, threads=threads, boundary=boundary)
+    segmenter = fold_segmenter(folder, threads=threads, overrides=overrides)
     start = time.monotonic()
     predicted = sitk.GetArrayFromImage(segmenter.liver_mask(image)) > 0
     liver_time_s = time.monotonic() - start
@@ -144,7 +153,7 @@ def _voxel_ml(image: sitk.Image) -> float:
 
 
 def tumour_with_both_livers(
-    case: CaseFiles, liver_fold: Path, tumour_fold: Path, *, threads: int, boundary: str
+    case: CaseFiles, liver_fold: Path, tumour_fold: Path, *, threads: int, overrides: dict[str, Any]
 ) -> dict:
     """Segment a case end to end with its fold's liver and tumour models, and with the reference liver.
 
@@ -159,7 +168,7 @@ def tumour_with_both_livers(
     with tempfile.TemporaryDirectory(prefix="mhp-edge-pair-") as pair:
         _copy_model(liver_fold, Path(pair), LIVER_MODEL_FILE)
         _copy_model(tumour_fold, Path(pair), TUMOUR_MODEL_FILE)
-        segmenter = fold_segmenter(Path(pair), threads=threads, boundary=boundary)
+        segmenter = fold_segmenter(Path(pair), threads=threads, overrides=overrides)
         runs = {}
         for run_name, liver_mask in (("model_liver", None), ("reference_liver", label)):
             scores = evaluate_masks(segmenter.segment(image, liver_mask=liver_mask).mask, label)
@@ -185,6 +194,12 @@ _BOUNDARY_SETTINGS = {
 }
 
 
+_TILE_SETTINGS = {
+    "model": "tiles as the fold model's metadata says",
+    "off": "overlapping windows of the training patch (`--tiles off`)",
+}
+
+
 def render_markdown(document: dict[str, Any]) -> str:
     """Return the results page."""
     summary = document["summary"]
@@ -199,7 +214,8 @@ def render_markdown(document: dict[str, Any]) -> str:
         f"Recipe of commit `{document['commit']['export_commit'][:12]}`"
         f"{' with uncommitted changes' if document['commit']['export_tree_dirty'] else ''}"
         f"{_rescored_note(document.get('scored_at_commit'))}. "
-        f"Liver boundary refinement: {_BOUNDARY_SETTINGS[document.get('boundary', 'model')]}.",
+        f"Liver boundary refinement: {_BOUNDARY_SETTINGS[document.get('boundary', 'model')]}. "
+        f"Liver inference: {_TILE_SETTINGS[document.get('tiles', 'model')]}.",
         "",
         "| case | liver Dice | predicted mL | reference mL | liver stage s | steps |",
         "|---|---|---|---|---|---|",
@@ -250,6 +266,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--boundary", default="model", choices=("model", "on", "off"), help="liver boundary refinement"
     )
+    parser.add_argument("--tiles", default="model", choices=("model", "off"), help="liver inference tiles")
     parser.add_argument("--rescore", action="store_true", help="score the existing folds, train nothing")
     arguments = parser.parse_args(argv)
     check_fold_arguments(parser, arguments)
@@ -282,10 +299,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fold done: {record['case']}, liver Dice {record['liver_dice']:.3f}", flush=True)
 
     rows = [json.loads((arguments.work / case.case_id / "liver.json").read_text()) for case in cases]
-    if arguments.rescore or arguments.boundary != "model":
+    overrides = liver_overrides(arguments.boundary, arguments.tiles)
+    if arguments.rescore or overrides:
         for case, row in zip(cases, rows, strict=True):
             folder = arguments.work / case.case_id
-            row.update(score_liver(case, folder, threads=arguments.threads, boundary=arguments.boundary))
+            row.update(score_liver(case, folder, threads=arguments.threads, overrides=overrides))
     summary: dict[str, Any] = {"liver_dice": mean_and_sd([row["liver_dice"] for row in rows])}
     tumour = {}
     if arguments.tumour_folds is not None:
@@ -297,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                     arguments.work / case.case_id,
                     tumour_fold,
                     threads=arguments.threads,
-                    boundary=arguments.boundary,
+                    overrides=overrides,
                 )
                 print(case.case_id, json.dumps(tumour[case.case_id]), flush=True)
         for run_name in ("model_liver", "reference_liver"):
@@ -316,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         "jobs": arguments.jobs,
         "threads": arguments.threads,
         "boundary": arguments.boundary,
+        "tiles": arguments.tiles,
         "tumour_folds": str(arguments.tumour_folds) if arguments.tumour_folds else None,
         "cases": rows,
         "tumour": tumour,

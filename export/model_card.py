@@ -56,6 +56,12 @@ def render_model_section(card: dict[str, Any]) -> list[str]:
         f"{tuple(metadata.get('hu_clip', ()))} HU, then "
         f"(HU - {metadata.get('hu_mean')}) / {metadata.get('hu_std')}.",
     ]
+    if metadata.get("tile_max_vox"):
+        lines.append(
+            f"- Fully convolutional: the runtime feeds it the whole resampled scan as one tile, rounded "
+            f"up to multiples of {tuple(metadata['tile_multiple_vox'])} voxels, up to "
+            f"{tuple(metadata['tile_max_vox'])} voxels per tile; longer scans take overlapping tiles."
+        )
     if hessian:
         context_mm = hessian.get("context_mm", 0.0)
         context = (

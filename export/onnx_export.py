@@ -10,7 +10,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -25,8 +27,9 @@ EXAMPLE_BATCH = 2
 def export_onnx(network: nn.Module, metadata: ModelMetadata, path: Path) -> None:
     """Export a network in eval mode to ONNX and embed its metadata.
 
-    The batch axis is dynamic and the spatial axes are fixed to ``metadata.patch_shape_vox``. The
-    metadata JSON is stored in ``metadata_props`` under ``METADATA_KEY``, and the result passes
+    The batch axis is dynamic and the spatial axes are fixed to ``metadata.patch_shape_vox``, or
+    dynamic when ``metadata.tile_max_vox`` is set (``free_spatial_axes``). The metadata JSON is
+    stored in ``metadata_props`` under ``METADATA_KEY``, and the result passes
     ``onnx.checker.check_model`` before it is written.
 
     Parameters
@@ -67,12 +70,44 @@ def export_onnx(network: nn.Module, metadata: ModelMetadata, path: Path) -> None
         model = onnx.load(str(raw_path))
 
     _check_interface(model, metadata, path)
+    if metadata.tile_max_vox is not None:
+        free_spatial_axes(model, metadata)
     entry = model.metadata_props.add()
     entry.key = METADATA_KEY
     entry.value = metadata.to_json()
     onnx.checker.check_model(model, full_check=True)
     _save_atomic(model.SerializeToString(), path)
     logger.info("Exported %s (%d bytes)", path, path.stat().st_size)
+
+
+def free_spatial_axes(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
+    """Make the z, y and x axes of a fully convolutional graph's inputs and output dynamic, in place.
+
+    The exporter fixes them to the example's shape. Dropping the inferred intermediate shapes lets
+    onnxruntime infer them per call. The graph is then run on a shape one tile multiple larger
+    than the patch on every axis, and must return logits of that shape.
+
+    Raises
+    ------
+    ValueError
+        If the graph does not run on that shape or returns another shape (it holds a size that
+        depends on the export example, so it cannot take tiles).
+    """
+    for value in [*model.graph.input, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        for dim, axis_name in zip(dims[2:], ("z", "y", "x"), strict=True):
+            dim.dim_param = axis_name
+    del model.graph.value_info[:]
+
+    shape = tuple(p + m for p, m in zip(metadata.patch_shape_vox, metadata.tile_multiple_vox, strict=True))
+    feeds = {name: np.zeros((1, 1, *shape), dtype=np.float32) for name in metadata.input_names}
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        (logits,) = session.run([metadata.output_name], feeds)
+    except Exception as err:  # onnxruntime raises its own exception types without a common base
+        raise ValueError(f"{metadata.name}: the graph does not run on a {shape} tile ({err}).") from err
+    if logits.shape != (1, 1, *shape):
+        raise ValueError(f"{metadata.name}: a {shape} tile gave logits of shape {logits.shape}.")
 
 
 def _check_interface(model: onnx.ModelProto, metadata: ModelMetadata, path: Path) -> None:

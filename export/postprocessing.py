@@ -5,11 +5,14 @@ Usage::
     python -m export.postprocessing MODEL.onnx --from benchmarks/results/tumour_loco.json
         [--variant mhp-net]
     python -m export.postprocessing LIVER_MODEL.onnx --liver-boundary
+    python -m export.postprocessing LIVER_MODEL.onnx --liver-tiles
 
 For a tumour model, the threshold and minimum lesion volume are chosen by
 ``benchmarks.tumour_ablation`` on the out-of-fold probabilities of a leave-one-case-out run
 (``chosen_on_all`` of a variant). For a liver model, ``--liver-boundary`` writes the boundary
-refinement settings of ``export.contract.LIVER_BOUNDARY``. Training depends on neither, so they
+refinement settings of ``export.contract.LIVER_BOUNDARY``, and ``--liver-tiles`` makes the graph's
+spatial axes dynamic and writes the tile settings of ``export.contract.LIVER_TILE_MAX_VOX``, so
+the runtime runs the whole coarse scan as one tile. Training depends on none of them, so they
 can be set after training. This rewrites the metadata in the ONNX file and the card beside it
 (metadata and sha256), and records the source in the provenance.
 """
@@ -19,16 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import onnx
 
-from export.contract import LIVER_BOUNDARY
-from export.onnx_export import _save_atomic
+from export.contract import LIVER_BOUNDARY, LIVER_TILE_MAX_VOX, LIVER_TILE_MULTIPLE_VOX
+from export.onnx_export import _save_atomic, free_spatial_axes
 from mhp_edge.metadata import (
     METADATA_KEY,
     BoundarySpec,
+    ModelMetadata,
     card_path_for,
     parse_metadata,
     sha256_of_file,
@@ -76,10 +81,29 @@ def set_liver_boundary(model_path: Path, boundary: BoundarySpec | None) -> None:
     )
 
 
+def set_liver_tiles(model_path: Path) -> None:
+    """Let an exported liver model take tiles of any shape: dynamic spatial axes and tile settings."""
+    _rewrite_metadata(
+        model_path,
+        {"tile_max_vox": LIVER_TILE_MAX_VOX, "tile_multiple_vox": LIVER_TILE_MULTIPLE_VOX},
+        provenance_entry={"tile_source": "export.contract.LIVER_TILE_MAX_VOX"},
+        edit_graph=free_spatial_axes,
+    )
+
+
 def _rewrite_metadata(
-    model_path: Path, changes: dict, *, provenance_entry: dict, accuracy: dict | None = None
+    model_path: Path,
+    changes: dict,
+    *,
+    provenance_entry: dict,
+    accuracy: dict | None = None,
+    edit_graph: Callable[[onnx.ModelProto, ModelMetadata], None] | None = None,
 ) -> None:
-    """Replace metadata fields of an exported model and update its card (metadata, sha256)."""
+    """Replace metadata fields of an exported model and update its card (metadata, sha256).
+
+    ``edit_graph(model, metadata)`` changes the graph in place, with the new metadata, before
+    the file is written.
+    """
     model_path = Path(model_path)
     model = onnx.load(str(model_path))
     properties = {entry.key: entry for entry in model.metadata_props}
@@ -92,6 +116,8 @@ def _rewrite_metadata(
     metadata = replace(metadata, **changes, provenance={**metadata.provenance, **provenance_entry})
     # Parsing again runs the metadata checks on the new values before anything is written.
     parse_metadata(metadata.to_json(), source=str(model_path))
+    if edit_graph is not None:
+        edit_graph(model, metadata)
     properties[METADATA_KEY].value = metadata.to_json()
     _save_atomic(model.SerializeToString(), model_path)
 
@@ -114,12 +140,20 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument(
         "--liver-boundary", action="store_true", help="write LIVER_BOUNDARY into a liver model"
     )
+    source.add_argument(
+        "--liver-tiles", action="store_true", help="let a liver model take the whole coarse scan as one tile"
+    )
     parser.add_argument("--variant", default="mhp-net", help="variant whose chosen values to use")
     arguments = parser.parse_args(argv)
 
     if arguments.liver_boundary:
         set_liver_boundary(arguments.model, LIVER_BOUNDARY)
         print(f"{arguments.model}: boundary refinement {LIVER_BOUNDARY}")
+        return 0
+
+    if arguments.liver_tiles:
+        set_liver_tiles(arguments.model)
+        print(f"{arguments.model}: tiles up to {LIVER_TILE_MAX_VOX} voxels")
         return 0
 
     results = json.loads(arguments.results.read_text())

@@ -122,6 +122,13 @@ class ModelMetadata:
         Present for models with a Hessian input.
     boundary : BoundarySpec or None
         Liver models only: refine the liver's boundary on the full-resolution CT when present.
+    tile_max_vox : tuple of int or None
+        Fully convolutional models whose graph takes any spatial shape: the largest (z, y, x)
+        tile the runtime feeds them, so a small scan runs as one tile instead of overlapping
+        patches. None (the default, and models exported before this key existed) runs windows of
+        ``patch_shape_vox``.
+    tile_multiple_vox : tuple of int
+        Each tile axis is a multiple of this, the network's total downsampling per axis.
     labels : dict
         Output label values and their meaning, e.g. ``{0: "background", 1: "liver", 2: "tumour"}``.
     provenance : dict
@@ -146,6 +153,8 @@ class ModelMetadata:
     labels: dict[int, str]
     provenance: dict[str, Any]
     boundary: BoundarySpec | None = None
+    tile_max_vox: tuple[int, int, int] | None = None
+    tile_multiple_vox: tuple[int, int, int] = (1, 1, 1)
 
     def to_json(self) -> str:
         """Serialise to the JSON document stored in the ONNX file."""
@@ -187,6 +196,9 @@ class ModelMetadata:
             "labels": {str(value): meaning for value, meaning in self.labels.items()},
             "provenance": self.provenance,
         }
+        if self.tile_max_vox is not None:
+            document["tile_max_vox"] = list(self.tile_max_vox)
+            document["tile_multiple_vox"] = list(self.tile_multiple_vox)
         return json.dumps(document, indent=1, sort_keys=True)
 
 
@@ -246,6 +258,9 @@ def parse_metadata(text: str, *, source: str) -> ModelMetadata:
                 tissue_hu=_pair(boundary_document["tissue_hu"]),
                 grid_mm=float(boundary_document["grid_mm"]),
             )
+        # Models exported before tiling existed have no tile keys. Runtimes that ignore the keys
+        # still run such a model correctly, with windows of its patch shape.
+        tile_max = document.get("tile_max_vox")
         metadata = ModelMetadata(
             name=str(require("name")),
             task=str(require("task")),
@@ -265,6 +280,8 @@ def parse_metadata(text: str, *, source: str) -> ModelMetadata:
             labels={int(value): str(meaning) for value, meaning in require("labels").items()},
             provenance=dict(require("provenance")),
             boundary=boundary,
+            tile_max_vox=None if tile_max is None else tuple(int(n) for n in tile_max),
+            tile_multiple_vox=tuple(int(n) for n in document.get("tile_multiple_vox", (1, 1, 1))),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ModelError(f"{source}: model metadata has an invalid value ({err!r}).") from err
@@ -311,6 +328,8 @@ def _validate(metadata: ModelMetadata, *, source: str) -> None:
         problems.append("min_component_mm3 and roi_margin_mm must be >= 0")
     if metadata.boundary is not None:
         problems.extend(_boundary_problems(metadata.boundary, task=metadata.task))
+    if metadata.tile_max_vox is not None:
+        problems.extend(_tile_problems(metadata))
     if metadata.hessian is not None:
         scales = metadata.hessian.scales_mm
         if not scales or min(scales) <= 0 or list(scales) != sorted(scales):
@@ -371,6 +390,18 @@ def _boundary_problems(boundary: BoundarySpec, *, task: str) -> list[str]:
         problems.append(f"boundary core_percentiles {boundary.core_percentiles} must rise within 0-100")
     if not boundary.tissue_hu[0] < boundary.tissue_hu[1]:
         problems.append(f"boundary tissue_hu {boundary.tissue_hu} is not an increasing pair")
+    return problems
+
+
+def _tile_problems(metadata: ModelMetadata) -> list[str]:
+    tile, multiple, patch = metadata.tile_max_vox, metadata.tile_multiple_vox, metadata.patch_shape_vox
+    if len(tile) != 3 or len(multiple) != 3 or min(multiple) < 1:
+        return [f"tile_max_vox {tile} and tile_multiple_vox {multiple} must be 3 positive ints each"]
+    problems = []
+    if any(t < p for t, p in zip(tile, patch, strict=True)):
+        problems.append(f"tile_max_vox {tile} must be at least patch_shape_vox {patch} on every axis")
+    if any(n % m for n, m in zip((*tile, *patch), multiple * 2, strict=True)):
+        problems.append(f"tile_max_vox {tile} and patch_shape_vox {patch} must be multiples of {multiple}")
     return problems
 
 

@@ -201,5 +201,10 @@ def _check_graph(session: ort.InferenceSession, metadata: ModelMetadata, path: P
         for axis, (dim, expected) in enumerate(zip(shape[2:], metadata.patch_shape_vox, strict=True)):
             if isinstance(dim, int) and dim != expected:
                 problems.append(f"input '{name}' axis {axis + 2} is {dim}, metadata patch is {expected}")
+            elif isinstance(dim, int) and metadata.tile_max_vox is not None:
+                problems.append(
+                    f"input '{name}' axis {axis + 2} is fixed at {dim}, but tile_max_vox asks for "
+                    "tiles of any shape; export the spatial axes as dynamic"
+                )
     if problems:
         raise ModelError(f"{path}: graph does not match its metadata: " + "; ".join(problems) + ".")

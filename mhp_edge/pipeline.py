@@ -43,9 +43,10 @@ from mhp_edge.preprocess import (
     resample_box,
     resample_like,
     resample_to_spacing,
+    upsample_linear,
 )
 from mhp_edge.report import LIVER_LABEL, TUMOUR_LABEL, Lesion, measure_lesions
-from mhp_edge.windows import sliding_window_probability
+from mhp_edge.windows import sliding_window_probability, tile_shape
 
 logger = logging.getLogger(__name__)
 
@@ -327,7 +328,9 @@ class Segmenter:
             [ct],
             [float(normalise_hu(np.float32(metadata.pad_hu), metadata))],
             model.predict,
-            patch_shape_vox=metadata.patch_shape_vox,
+            patch_shape_vox=tile_shape(
+                ct.shape[1:], metadata.patch_shape_vox, metadata.tile_max_vox, metadata.tile_multiple_vox
+            ),
             overlap=metadata.overlap,
             progress=None if progress is None else lambda d, t: progress("liver", d, t),
         )
@@ -351,26 +354,41 @@ class Segmenter:
         reach_mm = 0.0 if metadata.boundary is None else metadata.boundary.reach_mm
         margin_vox = 1 + max(1, int(np.ceil(reach_mm / min(metadata.spacing_zyx_mm))))
         box = _fine_box(filled, coarse, scan, margin_vox=margin_vox)
-        z, y, x = box
-        region = scan[x.start : x.stop, y.start : y.stop, z.start : z.stop]
-        liver_in_box = _on_region(probability, coarse, region) > metadata.threshold
+        # The interpolation reads at most one coarse voxel beyond the fine box; two are kept.
+        coarse_box = _grown_box(filled, margin_vox + 2)
+        coarse_spacing, fine_spacing = image_spacing_zyx_mm(coarse), image_spacing_zyx_mm(scan)
+        coarse_start_mm, box_start_mm = _start_mm(coarse_box, coarse_spacing), _start_mm(box, fine_spacing)
+        box_shape = tuple(part.stop - part.start for part in box)
+        liver_in_box = (
+            upsample_linear(
+                probability[coarse_box],
+                coarse_spacing,
+                coarse_start_mm,
+                fine_spacing,
+                box_start_mm,
+                box_shape,
+            )
+            > metadata.threshold
+        )
 
         if metadata.boundary is not None:
-            # The distance transform runs on the coarse box around the liver, not the whole scan.
-            cz, cy, cx = _grown_box(filled, margin_vox + 1)
-            coarse_region = coarse[cx.start : cx.stop, cy.start : cy.stop, cz.start : cz.stop]
-            step = in_plane_step(image_spacing_zyx_mm(scan), metadata.boundary.grid_mm)
-            distance_mm = _on_region(
-                signed_distance_mm(filled[cz, cy, cx], metadata.spacing_zyx_mm),
-                coarse_region,
-                region[::step, ::step, :],
+            # The distance transform runs on the coarse box around the liver, not the whole scan,
+            # and is interpolated onto the refinement's grid (every step-th row and column).
+            step = in_plane_step(fine_spacing, metadata.boundary.grid_mm)
+            distance_mm = upsample_linear(
+                signed_distance_mm(filled[coarse_box], coarse_spacing),
+                coarse_spacing,
+                coarse_start_mm,
+                (fine_spacing[0], fine_spacing[1] * step, fine_spacing[2] * step),
+                box_start_mm,
+                (box_shape[0], -(-box_shape[1] // step), -(-box_shape[2] // step)),
                 outside=-1e3,
             )
             liver_in_box = refine_liver_boundary(
                 sitk.GetArrayViewFromImage(scan)[box],
                 liver_in_box,
                 distance_mm,
-                image_spacing_zyx_mm(scan),
+                fine_spacing,
                 metadata.boundary,
             )
 
@@ -517,17 +535,11 @@ def postprocess_tumour(
     return _drop_small_components(tumour, min_vox=min_component_mm3 / voxel_mm3)
 
 
-def _on_region(
-    values: np.ndarray, grid: sitk.Image, region: sitk.Image, *, outside: float = 0.0
-) -> np.ndarray:
-    """Linearly interpolate a float32 (z, y, x) map on ``grid`` onto ``region``'s voxels.
-
-    ``outside`` fills the voxels of ``region`` that lie beyond ``grid``.
-    """
-    image = sitk.GetImageFromArray(values)
-    image.CopyInformation(grid)
-    resampled = resample_like(image, region, interpolator=sitk.sitkLinear, default_value=outside)
-    return sitk.GetArrayFromImage(resampled)
+def _start_mm(
+    box: tuple[slice, slice, slice], spacing_zyx_mm: tuple[float, float, float]
+) -> tuple[float, ...]:
+    """Return the (z, y, x) position in mm of a box's first voxel, from its grid's first voxel."""
+    return tuple(part.start * spacing for part, spacing in zip(box, spacing_zyx_mm, strict=True))
 
 
 def _grown_box(mask: np.ndarray, margin_vox: int) -> tuple[slice, slice, slice]:

@@ -132,6 +132,68 @@ def resample_to_spacing(
     )
 
 
+def upsample_linear(
+    values: np.ndarray,
+    values_spacing_zyx_mm: Sequence[float],
+    values_start_mm: Sequence[float],
+    points_spacing_zyx_mm: Sequence[float],
+    points_start_mm: Sequence[float],
+    points_shape: Sequence[int],
+    *,
+    outside: float = 0.0,
+) -> np.ndarray:
+    """Linearly interpolate a map onto another axis-aligned grid of the same orientation.
+
+    Trilinear interpolation is separable, so it runs as three small matrix products, one per
+    axis. The result equals SimpleITK's linear ``Resample`` between the two grids: a point
+    within half a voxel beyond the map's first or last voxel centre takes that edge value, and
+    a point farther out takes ``outside``.
+
+    Parameters
+    ----------
+    values : ndarray of shape (Z, Y, X)
+        The map, float32.
+    values_spacing_zyx_mm, points_spacing_zyx_mm : sequences of 3 floats
+        Voxel spacing of the map and of the points, mm.
+    values_start_mm, points_start_mm : sequences of 3 floats
+        (z, y, x) position of the first voxel centre of each grid, mm from a shared origin.
+    points_shape : sequence of 3 ints
+        (z, y, x) shape of the result.
+    outside : float
+        Value of points beyond the map.
+
+    Returns
+    -------
+    ndarray of shape points_shape, float32
+    """
+    weights, inside = [], []
+    for axis in range(3):
+        index = (
+            points_start_mm[axis] + np.arange(points_shape[axis]) * points_spacing_zyx_mm[axis]
+        ) - values_start_mm[axis]
+        index = index / values_spacing_zyx_mm[axis]
+        size = values.shape[axis]
+        inside.append((index >= -0.5) & (index < size - 0.5))
+        clamped = np.clip(index, 0, size - 1)
+        low = np.minimum(np.floor(clamped).astype(int), max(size - 2, 0))
+        fraction = clamped - low
+        matrix = np.zeros((points_shape[axis], size), dtype=np.float32)
+        rows = np.arange(points_shape[axis])
+        matrix[rows, low] = 1 - fraction
+        if size > 1:
+            matrix[rows, low + 1] += fraction
+        weights.append(matrix * inside[-1][:, np.newaxis])
+
+    # Smallest axis work first: x on the map, then y, then z onto the full result.
+    along_x = values.astype(np.float32, copy=False) @ weights[2].T
+    along_y = np.matmul(weights[1], along_x)
+    result = (weights[0] @ along_y.reshape(values.shape[0], -1)).reshape(tuple(points_shape))
+    if outside != 0.0:
+        beyond = ~(inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :])
+        result[beyond] = outside
+    return result
+
+
 def resample_like(
     image: sitk.Image, reference: sitk.Image, *, interpolator: int, default_value: float = 0.0
 ) -> sitk.Image:

@@ -53,6 +53,44 @@ def window_starts(size_vox: int, patch_vox: int, overlap: float) -> list[int]:
     return [int(round(i * last / (count - 1))) for i in range(count)]
 
 
+def tile_shape(
+    volume_shape_vox: Sequence[int],
+    patch_shape_vox: Sequence[int],
+    tile_max_vox: Sequence[int] | None,
+    tile_multiple_vox: Sequence[int],
+) -> tuple[int, int, int]:
+    """Return the window shape for a fully convolutional model: the volume rounded up, within bounds.
+
+    Each axis is the volume's length rounded up to a multiple of ``tile_multiple_vox``, at least
+    the patch the model was trained on and at most ``tile_max_vox``. A volume that fits gets
+    one window, so no voxel is computed twice. Without ``tile_max_vox`` the patch is returned.
+
+    Parameters
+    ----------
+    volume_shape_vox : sequence of 3 ints
+        (z, y, x) shape of the volume.
+    patch_shape_vox : sequence of 3 ints
+        (z, y, x) training patch, a multiple of ``tile_multiple_vox``.
+    tile_max_vox : sequence of 3 ints, or None
+        Largest (z, y, x) window, a multiple of ``tile_multiple_vox``.
+    tile_multiple_vox : sequence of 3 ints
+        The network's total downsampling per axis.
+
+    Returns
+    -------
+    tuple of 3 ints
+    """
+    if tile_max_vox is None:
+        return tuple(int(p) for p in patch_shape_vox)
+    shape = []
+    for size, patch, largest, multiple in zip(
+        volume_shape_vox, patch_shape_vox, tile_max_vox, tile_multiple_vox, strict=True
+    ):
+        rounded = -(-int(size) // multiple) * multiple
+        shape.append(max(int(patch), min(int(largest), rounded)))
+    return tuple(shape)
+
+
 def gaussian_weights(patch_shape_vox: Sequence[int], sigma_fraction: float = 0.125) -> np.ndarray:
     """Return a blending weight map that peaks at the patch centre.
 

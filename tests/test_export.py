@@ -130,7 +130,34 @@ def test_onnx_interface_matches_metadata(exported):
     for graph_input in model.graph.input:
         dims = graph_input.type.tensor_type.shape.dim
         assert dims[0].dim_param, "batch axis must be dynamic"
-        assert [dim.dim_value for dim in dims[1:]] == [1, *SMALL_PATCH_VOX]
+        assert dims[1].dim_value == 1
+        if metadata.tile_max_vox is None:
+            assert [dim.dim_value for dim in dims[2:]] == list(SMALL_PATCH_VOX)
+        else:
+            assert all(dim.dim_param for dim in dims[2:]), "a tiled model's spatial axes must be dynamic"
+
+
+def test_tiled_models_match_torch_on_a_larger_tile(exported):
+    network, metadata, model_path, _ = exported
+    if metadata.tile_max_vox is None:
+        pytest.skip(f"{metadata.name} runs windows of its patch shape only")
+    tile = tuple(p + 2 * m for p, m in zip(SMALL_PATCH_VOX, metadata.tile_multiple_vox, strict=True))
+    ct = np.random.default_rng(2).normal(size=(1, 1, *tile)).astype(np.float32)
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    (onnx_logits,) = session.run(None, {metadata.input_names[0]: ct})
+    with torch.no_grad():
+        torch_logits = network.eval()(torch.from_numpy(ct)).numpy()
+
+    assert onnx_logits.shape == (1, 1, *tile)
+    np.testing.assert_allclose(onnx_logits, torch_logits, atol=LOGIT_TOLERANCE, rtol=0)
+
+
+def test_liver_tile_multiple_is_the_networks_downsampling():
+    from export.networks import LiverNet
+
+    downsampling = np.prod([LiverNet.stem_stride, *LiverNet.strides], axis=0)
+    assert tuple(int(n) for n in downsampling) == liver_metadata({}).tile_multiple_vox
 
 
 def test_embedded_metadata_parses(exported):

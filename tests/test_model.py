@@ -150,6 +150,8 @@ def test_patch_shape_mismatch_rejected(tmp_path):
         ({"task": "kidney"}, "task"),
         ({"overlap": 1.0}, "overlap"),
         ({"hu_std": float("nan")}, "hu_std must be finite"),
+        ({"tile_max_vox": [4, 16, 16]}, "at least patch_shape_vox"),
+        ({"tile_max_vox": [16, 32, 32], "tile_multiple_vox": [8, 8, 5]}, "multiples of"),
     ],
 )
 def test_inconsistent_metadata_rejected(changes, message):
@@ -157,6 +159,13 @@ def test_inconsistent_metadata_rejected(changes, message):
     document.update(changes)
     with pytest.raises(ModelError, match=message):
         parse_metadata(json.dumps(document), source="model.onnx")
+
+
+def test_tiled_metadata_on_a_fixed_graph_rejected(tmp_path):
+    metadata = make_metadata("liver", tile_max_vox=(16, 32, 32), tile_multiple_vox=(8, 8, 8))
+    path = write_linear_model(tmp_path, "liver.onnx", metadata)
+    with pytest.raises(ModelError, match="export the spatial axes as dynamic"):
+        load_model(path, threads=1)
 
 
 def test_metadata_missing_key_names_file():

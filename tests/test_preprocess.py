@@ -8,7 +8,13 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from export.contract import hessian_context_mm
-from mhp_edge.preprocess import hessian_input, resample_box, resample_to_spacing
+from mhp_edge.preprocess import (
+    hessian_input,
+    resample_box,
+    resample_like,
+    resample_to_spacing,
+    upsample_linear,
+)
 from model_factory import make_metadata
 
 
@@ -95,3 +101,29 @@ def test_zero_context_is_the_crop_alone():
     grid = resample_box(scan, (slice(10, 30), slice(30, 90), slice(25, 85)), tumour_metadata(0.0))
     assert grid.context_hu.shape == grid.hu.shape
     assert all(part.start == 0 for part in grid.core)
+
+
+@pytest.mark.parametrize("outside", [0.0, -7.0])
+def test_upsample_linear_equals_simpleitk_resample(outside):
+    # A coarse map onto a finer grid that starts before it and ends beyond it, as the liver
+    # stage does with its probability and distance maps.
+    values = np.random.default_rng(0).random((13, 20, 17)).astype(np.float32)
+    coarse_spacing, fine_spacing = (4.0, 3.0, 3.0), (1.6, 0.57, 0.57)
+    coarse_start_mm, fine_start_mm = (4.0, 6.0, 15.0), (1.0, 9.99, 13.0)
+    fine_shape = (40, 110, 100)
+    coarse = sitk.GetImageFromArray(values)
+    coarse.SetSpacing(coarse_spacing[::-1])
+    coarse.SetOrigin(coarse_start_mm[::-1])
+    fine = sitk.Image(list(fine_shape[::-1]), sitk.sitkFloat32)
+    fine.SetSpacing(fine_spacing[::-1])
+    fine.SetOrigin(fine_start_mm[::-1])
+
+    expected = sitk.GetArrayFromImage(
+        resample_like(coarse, fine, interpolator=sitk.sitkLinear, default_value=outside)
+    )
+    result = upsample_linear(
+        values, coarse_spacing, coarse_start_mm, fine_spacing, fine_start_mm, fine_shape, outside=outside
+    )
+
+    assert (expected == outside).any() and (expected != outside).any()
+    np.testing.assert_allclose(result, expected, atol=1e-6, rtol=0)

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from mhp_edge.windows import gaussian_weights, sliding_window_probability, window_starts
+from mhp_edge.windows import gaussian_weights, sliding_window_probability, tile_shape, window_starts
 
 PATCH = (4, 6, 8)
 OVERLAPS = (0.0, 0.25, 0.5, 0.75)
@@ -89,3 +89,34 @@ def test_region_mask_skips_empty_windows():
     assert sum(seen) == 1
     assert probability[1, 1, 1] > 0.9
     assert probability[-1, -1, -1] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("volume", "expected"),
+    [
+        ((52, 98, 98), (56, 104, 104)),  # fits: one tile, rounded up to multiples of 8
+        ((10, 20, 20), (32, 96, 96)),  # smaller than the training patch: the patch
+        ((300, 250, 98), (96, 192, 104)),  # longer than the largest tile: the largest tile
+    ],
+)
+def test_tile_shape_rounds_up_within_patch_and_largest_tile(volume, expected):
+    assert tile_shape(volume, (32, 96, 96), (96, 192, 192), (8, 8, 8)) == expected
+
+
+def test_tile_shape_without_tiles_is_the_patch():
+    assert tile_shape((52, 98, 98), (32, 96, 96), None, (1, 1, 1)) == (32, 96, 96)
+
+
+def test_one_tile_equals_the_model_on_the_padded_volume():
+    # A tile covering the volume runs the model once, on the volume padded to the tile shape.
+    volume = np.random.default_rng(0).normal(size=(1, 13, 21, 30)).astype(np.float32)
+    tile = tile_shape(volume.shape[1:], (8, 8, 8), (16, 32, 32), (8, 8, 8))
+    calls = []
+
+    def predict(batches):
+        calls.append(batches[0].shape)
+        return batches[0] * 2
+
+    probability = sliding_window_probability([volume], [0.0], predict, patch_shape_vox=tile, overlap=0.25)
+    assert calls == [(1, 1, 16, 24, 32)]
+    np.testing.assert_allclose(probability, 1 / (1 + np.exp(-2 * volume[0])), atol=1e-6)
