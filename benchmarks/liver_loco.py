@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m benchmarks.liver_loco [--minutes 4] [--jobs 2] [--threads 1] [--cases DIR]
+    python -m benchmarks.liver_loco [--minutes 4 | --steps 1900] [--jobs 2] [--threads 1] [--cases DIR]
         [--work /tmp/mhp-edge-liver] [--tumour-folds DIR] [--out benchmarks/results]
         [--name liver_loco] [--seed 0] [--task liver]
 
@@ -72,9 +72,12 @@ def run_fold(
     cache_dir: Path,
     seed: int,
     minutes: float,
+    steps: int | None,
     threads: int,
 ) -> dict[str, Any]:
     """Train the liver recipe ``task`` without one case and score its liver on that case.
+
+    ``steps``, when given, replaces the ``minutes`` budget by that many optimiser steps.
 
     Runs in a worker process. Returns the fold record, also written as ``liver.json`` in the
     fold folder beside the fold's ``liver_net.onnx``.
@@ -92,7 +95,7 @@ def run_fold(
         out_dir=folder,
         cache_dir=cache_dir,
         seed=seed,
-        budget=Budget(seconds=minutes * 60),
+        budget=Budget(steps=steps) if steps else Budget(seconds=minutes * 60),
     )
     provenance = json.loads(card_path_for(model_path).read_text())["metadata"]["provenance"]
 
@@ -194,6 +197,12 @@ _BOUNDARY_SETTINGS = {
 }
 
 
+def _budget_text(document: dict[str, Any]) -> str:
+    if document.get("steps"):
+        return f"{document['steps']} optimiser steps"
+    return f"{document['minutes']:g} min of wall time"
+
+
 _TILE_SETTINGS = {
     "model": "tiles as the fold model's metadata says",
     "off": "overlapping windows of the training patch (`--tiles off`)",
@@ -209,7 +218,7 @@ def render_markdown(document: dict[str, Any]) -> str:
         f"Command: `{document['command']}`",
         "",
         f"{document['machine']}. Each fold trains the `{document['task']}` recipe for "
-        f"{document['minutes']:g} min of wall time with {document['threads']} thread(s), "
+        f"{_budget_text(document)} with {document['threads']} thread(s), "
         f"{document['jobs']} fold(s) at a time. "
         f"Recipe of commit `{document['commit']['export_commit'][:12]}`"
         f"{' with uncommitted changes' if document['commit']['export_tree_dirty'] else ''}"
@@ -260,6 +269,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--task", default="liver", choices=[name for name in RECIPES if name.startswith("liver")]
     )
     parser.add_argument("--minutes", type=float, default=RECIPES["liver"].default_minutes)
+    parser.add_argument(
+        "--steps", type=int, default=None, help="train each fold this many steps instead of --minutes"
+    )
     add_fold_arguments(parser, work=Path("/tmp/mhp-edge-liver"), out=RESULTS_DIR)
     parser.add_argument("--tumour-folds", type=Path, default=None, help="WORK/VARIANT of tumour_ablation")
     parser.add_argument("--name", default="liver_loco", help="stem of the .json and .md results")
@@ -270,6 +282,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rescore", action="store_true", help="score the existing folds, train nothing")
     arguments = parser.parse_args(argv)
     check_fold_arguments(parser, arguments)
+    if arguments.steps is not None and arguments.steps < 1:
+        parser.error(f"--steps must be >= 1, got {arguments.steps}")
     return arguments
 
 
@@ -293,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir=default_cache_dir(),
         seed=arguments.seed,
         minutes=arguments.minutes,
+        steps=arguments.steps,
         threads=arguments.threads,
     )
     for record in records:
@@ -331,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         "scored_at_commit": export_commit() if arguments.rescore else None,
         "task": arguments.task,
         "minutes": arguments.minutes,
+        "steps": arguments.steps,
         "jobs": arguments.jobs,
         "threads": arguments.threads,
         "boundary": arguments.boundary,
