@@ -39,6 +39,7 @@ from mhp_edge.preprocess import (
     clean_scan,
     hessian_input,
     image_spacing_zyx_mm,
+    nonzero_box,
     normalise_hu,
     resample_box,
     resample_like,
@@ -192,7 +193,7 @@ class Segmenter:
                 liver, liver_source = self._find_liver(scan, progress), "model"
 
         voxel_ml = float(np.prod(scan.GetSpacing())) / 1000.0
-        liver_ml = float(liver.sum()) * voxel_ml
+        liver_ml = np.count_nonzero(liver) * voxel_ml
         with timer.stage("prepare"):
             hu = sitk.GetArrayViewFromImage(scan)
             warnings.extend(anatomy_warnings(hu, liver, image_spacing_zyx_mm(scan)))
@@ -242,7 +243,7 @@ class Segmenter:
             mask=mask,
             lesions=lesions,
             liver_volume_ml=round(liver_ml, 1),
-            tumour_volume_ml=round(float(tumour.sum()) * voxel_ml, 2),
+            tumour_volume_ml=round(np.count_nonzero(tumour) * voxel_ml, 2),
             liver_source=liver_source,
             timings_s=timer.timings_s,
             warnings=warnings,
@@ -544,7 +545,7 @@ def _start_mm(
 
 def _grown_box(mask: np.ndarray, margin_vox: int) -> tuple[slice, slice, slice]:
     """Return the (z, y, x) slices of a non-empty mask's bounding box grown by ``margin_vox``."""
-    box = _nonzero_box(mask)
+    box = nonzero_box(mask)
     z, y, x = (
         slice(max(0, part.start - margin_vox), min(size, part.stop + margin_vox))
         for part, size in zip(box, mask.shape, strict=True)
@@ -645,7 +646,7 @@ def _to_input_grid(labels: np.ndarray, scan: sitk.Image, image: sitk.Image) -> s
 
 def _drop_small_components(mask: np.ndarray, *, min_vox: float) -> np.ndarray:
     # Label only the box around the mask's voxels: tumour is a small part of the liver crop.
-    box = _nonzero_box(mask)
+    box = nonzero_box(mask)
     if box is None:
         return mask
     labelled, count = ndimage.label(mask[box], structure=np.ones((3, 3, 3)))
@@ -655,14 +656,3 @@ def _drop_small_components(mask: np.ndarray, *, min_vox: float) -> np.ndarray:
     result = np.zeros(mask.shape, dtype=bool)
     result[box] = keep[labelled]
     return result
-
-
-def _nonzero_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Return the bounding box of the True voxels of a 3D mask, or None when there are none."""
-    box = []
-    for axes in ((1, 2), (0, 2), (0, 1)):
-        present = np.flatnonzero(mask.any(axis=axes))
-        if present.size == 0:
-            return None
-        box.append(slice(int(present[0]), int(present[-1]) + 1))
-    return tuple(box)

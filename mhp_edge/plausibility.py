@@ -102,31 +102,37 @@ def anatomy_warnings(hu: np.ndarray, liver: np.ndarray, spacing_zyx_mm: tuple[fl
     step = 4
     sample = hu[:, ::step, ::step]
     body = sample > _BODY_ABOVE_HU
-    if body.sum() < 100:
+    if np.count_nonzero(body) < 100:
         return warnings
 
-    _, body_y, body_x = (c.mean() for c in np.nonzero(body))
+    body_y, body_x = _mean_index(body, axis=1), _mean_index(body, axis=2)
     spine_band_vox = 30.0 / (spacing_zyx_mm[2] * step)
     bone = (sample > _BONE_ABOVE_HU) & body
     columns = np.arange(sample.shape[2])[np.newaxis, np.newaxis, :]
     bone &= np.abs(columns - body_x) < spine_band_vox
-    if bone.sum() >= 20:
-        bone_y = np.nonzero(bone)[1].mean()
-        if bone_y < body_y:
+    if np.count_nonzero(bone) >= 20:
+        if _mean_index(bone, axis=1) < body_y:
             warnings.append(
                 "Anatomy contradicts the header: the spine lies anterior to the body's centre. "
                 "The image may be flipped front to back, or the patient was not supine; check "
                 "the orientation before using the result."
             )
 
-    liver_columns = np.nonzero(liver[:, ::step, ::step])[2]
-    if liver_columns.size:
-        if liver_columns.mean() > body_x:
+    liver_sample = liver[:, ::step, ::step]
+    if liver_sample.any():
+        if _mean_index(liver_sample, axis=2) > body_x:
             warnings.append(
                 "Anatomy contradicts the header: the liver lies on the patient's left. The image "
                 "may be flipped left to right; check the orientation before using the result."
             )
     return warnings
+
+
+def _mean_index(mask: np.ndarray, axis: int) -> float:
+    """Return the mean index along ``axis`` of a non-empty 3D mask's True voxels."""
+    other = tuple(a for a in range(mask.ndim) if a != axis)
+    counts = np.count_nonzero(mask, axis=other)
+    return float(np.dot(counts, np.arange(counts.size)) / counts.sum())
 
 
 def liver_volume_warnings(liver_ml: float, *, touches_edge: bool) -> list[str]:

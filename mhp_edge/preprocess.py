@@ -144,10 +144,11 @@ def upsample_linear(
 ) -> np.ndarray:
     """Linearly interpolate a map onto another axis-aligned grid of the same orientation.
 
-    Trilinear interpolation is separable, so it runs as three small matrix products, one per
-    axis. The result equals SimpleITK's linear ``Resample`` between the two grids: a point
-    within half a voxel beyond the map's first or last voxel centre takes that edge value, and
-    a point farther out takes ``outside``.
+    Trilinear interpolation is separable, so it runs one axis at a time, x and y on the map's
+    own slices and z last, one output slice at a time, with no full-size temporaries. The result
+    equals SimpleITK's linear ``Resample`` between the two grids: a point within half a voxel
+    beyond the map's first or last voxel centre takes that edge value, and a point farther out
+    takes ``outside``.
 
     Parameters
     ----------
@@ -166,32 +167,58 @@ def upsample_linear(
     -------
     ndarray of shape points_shape, float32
     """
-    weights, inside = [], []
-    for axis in range(3):
-        index = (
-            points_start_mm[axis] + np.arange(points_shape[axis]) * points_spacing_zyx_mm[axis]
-        ) - values_start_mm[axis]
-        index = index / values_spacing_zyx_mm[axis]
-        size = values.shape[axis]
-        inside.append((index >= -0.5) & (index < size - 0.5))
-        clamped = np.clip(index, 0, size - 1)
-        low = np.minimum(np.floor(clamped).astype(int), max(size - 2, 0))
-        fraction = clamped - low
-        matrix = np.zeros((points_shape[axis], size), dtype=np.float32)
-        rows = np.arange(points_shape[axis])
-        matrix[rows, low] = 1 - fraction
-        if size > 1:
-            matrix[rows, low + 1] += fraction
-        weights.append(matrix * inside[-1][:, np.newaxis])
+    axes = [
+        _linear_axis(
+            values.shape[axis],
+            values_spacing_zyx_mm[axis],
+            values_start_mm[axis],
+            points_spacing_zyx_mm[axis],
+            points_start_mm[axis],
+            points_shape[axis],
+        )
+        for axis in range(3)
+    ]
 
-    # Smallest axis work first: x on the map, then y, then z onto the full result.
-    along_x = values.astype(np.float32, copy=False) @ weights[2].T
-    along_y = np.matmul(weights[1], along_x)
-    result = (weights[0] @ along_y.reshape(values.shape[0], -1)).reshape(tuple(points_shape))
-    if outside != 0.0:
-        beyond = ~(inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :])
-        result[beyond] = outside
+    partial = values.astype(np.float32, copy=False)
+    for axis in (2, 1):
+        low, high, fraction, _ = axes[axis]
+        shape = [1, 1, 1]
+        shape[axis] = -1
+        fraction = fraction.reshape(shape)
+        partial = (
+            np.take(partial, low, axis=axis) * (1 - fraction) + np.take(partial, high, axis=axis) * fraction
+        )
+
+    low, high, fraction, _ = axes[0]
+    result = np.empty(tuple(points_shape), dtype=np.float32)
+    for index in range(points_shape[0]):
+        np.multiply(partial[low[index]], 1 - fraction[index], out=result[index])
+        result[index] += partial[high[index]] * fraction[index]
+
+    inside_z, inside_y, inside_x = (inside for *_, inside in axes)
+    result[~inside_z] = outside
+    result[:, ~inside_y] = outside
+    result[:, :, ~inside_x] = outside
     return result
+
+
+def _linear_axis(
+    size: int,
+    spacing_mm: float,
+    start_mm: float,
+    points_spacing_mm: float,
+    points_start_mm: float,
+    count: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return, for ``count`` points along one axis, the two map indices, the weight of the second, and
+    whether the point lies within half a voxel of the map (SimpleITK's rule)."""
+    index = (points_start_mm + np.arange(count) * points_spacing_mm - start_mm) / spacing_mm
+    inside = (index >= -0.5) & (index < size - 0.5)
+    clamped = np.clip(index, 0, size - 1)
+    low = np.minimum(np.floor(clamped).astype(np.intp), max(size - 2, 0))
+    high = np.minimum(low + 1, size - 1)
+    fraction = (clamped - low).astype(np.float32)
+    return low, high, fraction, inside
 
 
 def resample_like(
@@ -352,6 +379,22 @@ def resample_box(scan: sitk.Image, box: tuple[slice, slice, slice], metadata: Mo
     return TumourGrid(crop, image, context_hu, core)
 
 
+def nonzero_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """Return the (z, y, x) slices of the bounding box of a 3D mask's nonzero voxels, or None if empty.
+
+    The in-plane extent is read from the mask's occupied slices only, so a small mask in a long
+    scan costs one pass over the scan.
+    """
+    along_z = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    if along_z.size == 0:
+        return None
+    z = slice(int(along_z[0]), int(along_z[-1]) + 1)
+    in_plane = mask[z].any(axis=0)
+    along_y = np.flatnonzero(in_plane.any(axis=1))
+    along_x = np.flatnonzero(in_plane.any(axis=0))
+    return z, slice(int(along_y[0]), int(along_y[-1]) + 1), slice(int(along_x[0]), int(along_x[-1]) + 1)
+
+
 def bounding_box_with_margin(
     mask: np.ndarray, spacing_zyx_mm: Sequence[float], margin_mm: float
 ) -> tuple[slice, slice, slice] | None:
@@ -365,14 +408,12 @@ def bounding_box_with_margin(
     margin_mm : float
         Margin added on every side, clipped to the array.
     """
-    coordinates = np.nonzero(mask)
-    if coordinates[0].size == 0:
+    box = nonzero_box(mask)
+    if box is None:
         return None
 
-    box = []
-    for axis, along in enumerate(coordinates):
+    grown = []
+    for axis, part in enumerate(box):
         margin_vox = int(np.ceil(margin_mm / spacing_zyx_mm[axis]))
-        start = max(0, int(along.min()) - margin_vox)
-        stop = min(mask.shape[axis], int(along.max()) + 1 + margin_vox)
-        box.append(slice(start, stop))
-    return box[0], box[1], box[2]
+        grown.append(slice(max(0, part.start - margin_vox), min(mask.shape[axis], part.stop + margin_vox)))
+    return grown[0], grown[1], grown[2]

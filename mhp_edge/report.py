@@ -18,6 +18,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from mhp_edge.preprocess import nonzero_box
+
 TUMOUR_LABEL = 2
 LIVER_LABEL = 1
 LABEL_NAMES = {0: "background", LIVER_LABEL: "liver", TUMOUR_LABEL: "tumour"}
@@ -147,13 +149,11 @@ def _crop_to_label(
     label_image: sitk.Image, scan: sitk.Image, label: int
 ) -> tuple[np.ndarray | None, sitk.Image, sitk.Image]:
     """Crop both images to the box of ``label``; return the box start (x, y, z) or None if absent."""
-    present = sitk.GetArrayViewFromImage(label_image) == label
-    if not present.any():
+    box_zyx = nonzero_box(sitk.GetArrayViewFromImage(label_image) == label)
+    if box_zyx is None:
         return None, label_image, scan
-    z, y, x = (np.nonzero(present.any(axis=axes))[0] for axes in ((1, 2), (0, 2), (0, 1)))
-    start = np.array([x[0], y[0], z[0]])
-    stop = np.array([x[-1], y[-1], z[-1]]) + 1
-    box = tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
+    box = box_zyx[::-1]
+    start = np.array([part.start for part in box])
     return start, label_image[box], scan[box]
 
 
