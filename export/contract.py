@@ -68,9 +68,9 @@ LIVER_BOUNDARY = BoundarySpec(
 
 
 # The liver network is fully convolutional with a total downsampling of 8 per axis, so the
-# runtime feeds it the whole coarse scan as one tile when it fits: 96 slices of 4 mm and 192
-# voxels of 3 mm in plane cover 384 x 576 x 576 mm. On ircadb_01 (52 x 98 x 98 coarse voxels) one
-# 56 x 104 x 104 tile replaces eight overlapping 32 x 96 x 96 windows, 2.36 M voxels.
+# runtime feeds it the whole coarse scan as one tile when it fits. The largest tile, 96 slices
+# of 4 mm and 192 x 192 voxels of 3 mm, covers 384 x 576 x 576 mm. On ircadb_01 (52 x 98 x 98
+# coarse voxels) one 56 x 104 x 104 tile replaces eight 32 x 96 x 96 windows (2.36 M voxels).
 LIVER_TILE_MAX_VOX = (96, 192, 192)
 LIVER_TILE_MULTIPLE_VOX = (8, 8, 8)
 
