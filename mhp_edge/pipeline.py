@@ -499,10 +499,16 @@ class Segmenter:
             )
 
         with timer.stage("postprocess"):
-            probability_image = sitk.GetImageFromArray(probability)
-            probability_image.CopyInformation(work)
-            fine = resample_like(probability_image, grid.crop, interpolator=sitk.sitkLinear)
-        return box, sitk.GetArrayFromImage(fine)
+            # The model's grid starts at the crop's first voxel (resample_to_spacing keeps the origin).
+            fine = upsample_linear(
+                probability,
+                metadata.spacing_zyx_mm,
+                (0.0, 0.0, 0.0),
+                image_spacing_zyx_mm(grid.crop),
+                (0.0, 0.0, 0.0),
+                tuple(part.stop - part.start for part in box),
+            )
+        return box, fine
 
 
 def postprocess_tumour(
