@@ -73,6 +73,14 @@ LIVER_BOUNDARY = BoundarySpec(
 # coarse voxels) one 56 x 104 x 104 tile replaces eight 32 x 96 x 96 windows (2.36 M voxels).
 LIVER_TILE_MAX_VOX = (96, 192, 192)
 LIVER_TILE_MULTIPLE_VOX = (8, 8, 8)
+# MHPNet downsamples by (1, 2, 2) and then by 2 twice, 4 x 8 x 8 in all. Its full-resolution
+# stems keep about 16 float32 channels per voxel, so a tile is kept near 2 M voxels.
+TUMOUR_TILE_MAX_VOX = (64, 176, 176)
+TUMOUR_TILE_MULTIPLE_VOX = (4, 8, 8)
+TILES = {
+    "liver": (LIVER_TILE_MAX_VOX, LIVER_TILE_MULTIPLE_VOX),
+    "tumour": (TUMOUR_TILE_MAX_VOX, TUMOUR_TILE_MULTIPLE_VOX),
+}
 
 
 def hessian_context_mm(

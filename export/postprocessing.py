@@ -5,14 +5,14 @@ Usage::
     python -m export.postprocessing MODEL.onnx --from benchmarks/results/tumour_loco.json
         [--variant mhp-net]
     python -m export.postprocessing LIVER_MODEL.onnx --liver-boundary
-    python -m export.postprocessing LIVER_MODEL.onnx --liver-tiles
+    python -m export.postprocessing MODEL.onnx --tiles
 
 For a tumour model, the threshold and minimum lesion volume are chosen by
 ``benchmarks.tumour_ablation`` on the out-of-fold probabilities of a leave-one-case-out run
 (``chosen_on_all`` of a variant). For a liver model, ``--liver-boundary`` writes the boundary
-refinement settings of ``export.contract.LIVER_BOUNDARY``, and ``--liver-tiles`` makes the graph's
-spatial axes dynamic and writes the tile settings of ``export.contract.LIVER_TILE_MAX_VOX``, so
-the runtime runs the whole coarse scan as one tile. Training depends on none of them, so they
+refinement settings of ``export.contract.LIVER_BOUNDARY``. ``--tiles`` makes the graph's spatial
+axes dynamic and writes the tile settings of ``export.contract.TILES`` for the model's task, so the
+runtime runs a whole region as one tile. Training depends on none of them, so they
 can be set after training. This rewrites the metadata in the ONNX file and the card beside it
 (metadata and sha256), and records the source in the provenance.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import onnx
 
-from export.contract import LIVER_BOUNDARY, LIVER_TILE_MAX_VOX, LIVER_TILE_MULTIPLE_VOX
+from export.contract import LIVER_BOUNDARY, TILES
 from export.onnx_export import _save_atomic, free_spatial_axes
 from mhp_edge.metadata import (
     METADATA_KEY,
@@ -81,14 +81,25 @@ def set_liver_boundary(model_path: Path, boundary: BoundarySpec | None) -> None:
     )
 
 
-def set_liver_tiles(model_path: Path) -> None:
-    """Let an exported liver model take tiles of any shape: dynamic spatial axes and tile settings."""
+def set_tiles(model_path: Path) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """Let an exported model take tiles of any shape: dynamic spatial axes and its task's tile settings.
+
+    Returns
+    -------
+    tile_max_vox, tile_multiple_vox : tuples of 3 ints
+        The settings written, from ``export.contract.TILES``.
+    """
+    model = onnx.load(str(model_path))
+    properties = {entry.key: entry.value for entry in model.metadata_props}
+    task = parse_metadata(properties.get(METADATA_KEY, "{}"), source=str(model_path)).task
+    tile_max_vox, tile_multiple_vox = TILES[task]
     _rewrite_metadata(
         model_path,
-        {"tile_max_vox": LIVER_TILE_MAX_VOX, "tile_multiple_vox": LIVER_TILE_MULTIPLE_VOX},
-        provenance_entry={"tile_source": "export.contract.LIVER_TILE_MAX_VOX"},
+        {"tile_max_vox": tile_max_vox, "tile_multiple_vox": tile_multiple_vox},
+        provenance_entry={"tile_source": "export.contract.TILES"},
         edit_graph=free_spatial_axes,
     )
+    return tile_max_vox, tile_multiple_vox
 
 
 def _rewrite_metadata(
@@ -140,9 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument(
         "--liver-boundary", action="store_true", help="write LIVER_BOUNDARY into a liver model"
     )
-    source.add_argument(
-        "--liver-tiles", action="store_true", help="let a liver model take the whole coarse scan as one tile"
-    )
+    source.add_argument("--tiles", action="store_true", help="let the model take a whole region as one tile")
     parser.add_argument("--variant", default="mhp-net", help="variant whose chosen values to use")
     arguments = parser.parse_args(argv)
 
@@ -151,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{arguments.model}: boundary refinement {LIVER_BOUNDARY}")
         return 0
 
-    if arguments.liver_tiles:
-        set_liver_tiles(arguments.model)
-        print(f"{arguments.model}: tiles up to {LIVER_TILE_MAX_VOX} voxels")
+    if arguments.tiles:
+        tile_max_vox, _ = set_tiles(arguments.model)
+        print(f"{arguments.model}: tiles up to {tile_max_vox} voxels")
         return 0
 
     results = json.loads(arguments.results.read_text())
