@@ -92,6 +92,10 @@ def set_tiles(model_path: Path) -> tuple[tuple[int, int, int], tuple[int, int, i
     model = onnx.load(str(model_path))
     properties = {entry.key: entry.value for entry in model.metadata_props}
     task = parse_metadata(properties.get(METADATA_KEY, "{}"), source=str(model_path)).task
+    if task not in TILES:
+        raise ValueError(
+            f"{model_path}: no tile settings for {task} models; export.contract.TILES has {sorted(TILES)}."
+        )
     tile_max_vox, tile_multiple_vox = TILES[task]
     _rewrite_metadata(
         model_path,

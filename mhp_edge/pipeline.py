@@ -492,7 +492,12 @@ class Segmenter:
                 inputs,
                 pad_values,
                 model.predict,
-                patch_shape_vox=metadata.patch_shape_vox,
+                patch_shape_vox=tile_shape(
+                    inputs[0].shape[1:],
+                    metadata.patch_shape_vox,
+                    metadata.tile_max_vox,
+                    metadata.tile_multiple_vox,
+                ),
                 overlap=metadata.overlap,
                 region_mask=region,
                 progress=None if progress is None else lambda d, t: progress("tumour", d, t),

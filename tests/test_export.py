@@ -36,7 +36,7 @@ from export.data import (  # noqa: E402
 )
 from export.networks import MHPNet, PlainUNet, count_parameters  # noqa: E402
 from export.onnx_export import export_onnx, write_card  # noqa: E402
-from export.postprocessing import set_liver_boundary, set_postprocessing  # noqa: E402
+from export.postprocessing import set_liver_boundary, set_postprocessing, set_tiles  # noqa: E402
 from export.synthetic import insert_lesions, measure_lesions  # noqa: E402
 from export.train import RECIPES, Budget, dice_bce_loss, hold_back_lesions, learning_rate_at  # noqa: E402
 from mhp_edge.errors import ModelError  # noqa: E402
@@ -533,3 +533,37 @@ def test_liver_boundary_update_keeps_model_loadable(exported, tmp_path):
     loaded = load_model(copy, threads=1)
     assert loaded.metadata.boundary == LIVER_BOUNDARY
     assert json.loads(card_path_for(copy).read_text())["metadata"]["boundary"]["reach_mm"] == 5.0
+
+
+def test_set_tiles_frees_the_axes_of_a_windowed_liver_model(tmp_path):
+    network = RECIPES["liver"].build_network().eval()
+    metadata = replace(small_metadata("liver"), tile_max_vox=None)
+    model_path = tmp_path / "liver_net.onnx"
+    export_onnx(network, metadata, model_path)
+    write_card(
+        model_path,
+        metadata,
+        architecture="LiverNet",
+        parameters=count_parameters(network),
+        training_cases=["ircadb_01"],
+        licences=licences_for(["ircadb_01"]),
+        intended_use=INTENDED_USE,
+    )
+
+    tile_max_vox, _ = set_tiles(model_path)
+
+    loaded = load_model(model_path, threads=1)
+    assert loaded.metadata.tile_max_vox == tile_max_vox == liver_metadata({}).tile_max_vox
+    tile = (24, 40, 48)
+    ct = np.random.default_rng(3).normal(size=(1, 1, *tile)).astype(np.float32)
+    with torch.no_grad():
+        expected = network(torch.from_numpy(ct)).numpy()
+    np.testing.assert_allclose(loaded.predict([ct]), expected, atol=LOGIT_TOLERANCE, rtol=0)
+
+
+def test_set_tiles_refuses_a_tumour_model(exported):
+    _, metadata, model_path, _ = exported
+    if metadata.task != "tumour":
+        pytest.skip("tumour models only")
+    with pytest.raises(ValueError, match="no tile settings for tumour models"):
+        set_tiles(model_path)
