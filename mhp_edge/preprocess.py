@@ -70,7 +70,7 @@ def clean_scan(image: sitk.Image) -> CleanedScan:
     """
     oriented = sitk.DICOMOrient(image, CANONICAL_ORIENTATION)
     if oriented.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
-        padding_vox = int((sitk.GetArrayViewFromImage(oriented) < AIR_HU).sum())
+        padding_vox = int(np.count_nonzero(sitk.GetArrayViewFromImage(oriented) < AIR_HU))
         if padding_vox:
             logger.info("Set %d padding voxels below %.0f HU to air", padding_vox, AIR_HU)
             oriented = sitk.Maximum(oriented, AIR_HU)
