@@ -10,13 +10,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
 
 from mhp_edge.metadata import METADATA_KEY, ModelMetadata, card_path_for, sha256_of_file
+from mhp_edge.model import tile_problem
 
 logger = logging.getLogger(__name__)
 
@@ -99,15 +99,10 @@ def free_spatial_axes(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
             dim.dim_param = axis_name
     del model.graph.value_info[:]
 
-    shape = tuple(p + m for p, m in zip(metadata.patch_shape_vox, metadata.tile_multiple_vox, strict=True))
-    feeds = {name: np.zeros((1, 1, *shape), dtype=np.float32) for name in metadata.input_names}
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        (logits,) = session.run([metadata.output_name], feeds)
-    except Exception as err:  # onnxruntime raises its own exception types without a common base
-        raise ValueError(f"{metadata.name}: the graph does not run on a {shape} tile ({err}).") from err
-    if logits.shape != (1, 1, *shape):
-        raise ValueError(f"{metadata.name}: a {shape} tile gave logits of shape {logits.shape}.")
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    problem = tile_problem(session, metadata)
+    if problem:
+        raise ValueError(f"{metadata.name}: {problem}.")
 
 
 def _check_interface(model: onnx.ModelProto, metadata: ModelMetadata, path: Path) -> None:

@@ -165,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if arguments.tiles:
-        tile_max_vox, _ = set_tiles(arguments.model)
+        try:
+            tile_max_vox, _ = set_tiles(arguments.model)
+        except ValueError as err:
+            parser.error(str(err))
         print(f"{arguments.model}: tiles up to {tile_max_vox} voxels")
         return 0
 

@@ -395,6 +395,8 @@ def _boundary_problems(boundary: BoundarySpec, *, task: str) -> list[str]:
 
 def _tile_problems(metadata: ModelMetadata) -> list[str]:
     tile, multiple, patch = metadata.tile_max_vox, metadata.tile_multiple_vox, metadata.patch_shape_vox
+    if len(patch) != 3:
+        return []  # already reported
     if len(tile) != 3 or len(multiple) != 3 or min(multiple) < 1:
         return [f"tile_max_vox {tile} and tile_multiple_vox {multiple} must be 3 positive ints each"]
     problems = []

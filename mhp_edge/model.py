@@ -152,8 +152,30 @@ def load_model(path: Path, *, threads: int) -> LoadedModel:
     except Exception as err:  # onnxruntime raises its own exception types without a common base
         raise ModelError(f"{path}: onnxruntime cannot load the model ({err}).") from err
     _check_graph(session, metadata, path)
+    if metadata.tile_max_vox is not None:
+        problem = tile_problem(session, metadata)
+        if problem:
+            raise ModelError(f"{path}: {problem}. Export the model again, or drop its tile settings.")
     logger.info("Loaded %s (%s) with %d threads", metadata.name, path.name, threads)
     return LoadedModel(path, metadata, card, session)
+
+
+def tile_problem(session: ort.InferenceSession, metadata: ModelMetadata) -> str | None:
+    """Run a tiled model once on a tile one multiple larger than its patch; describe any failure.
+
+    A graph whose spatial axes are dynamic may still hold sizes from its export example, or
+    need larger multiples than its metadata states. Returns None when the logits have the tile's
+    shape.
+    """
+    shape = tuple(p + m for p, m in zip(metadata.patch_shape_vox, metadata.tile_multiple_vox, strict=True))
+    feeds = {name: np.zeros((1, 1, *shape), dtype=np.float32) for name in metadata.input_names}
+    try:
+        (logits,) = session.run([metadata.output_name], feeds)
+    except Exception as err:  # onnxruntime raises its own exception types without a common base
+        return f"the graph does not run on a {shape} tile, which its tile settings allow ({err})"
+    if logits.shape != (1, 1, *shape):
+        return f"a {shape} tile gave logits of shape {logits.shape}"
+    return None
 
 
 def _read_card(path: Path) -> dict:

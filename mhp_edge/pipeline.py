@@ -330,7 +330,11 @@ class Segmenter:
             [float(normalise_hu(np.float32(metadata.pad_hu), metadata))],
             model.predict,
             patch_shape_vox=tile_shape(
-                ct.shape[1:], metadata.patch_shape_vox, metadata.tile_max_vox, metadata.tile_multiple_vox
+                ct.shape[1:],
+                metadata.patch_shape_vox,
+                metadata.tile_max_vox,
+                metadata.tile_multiple_vox,
+                metadata.overlap,
             ),
             overlap=metadata.overlap,
             progress=None if progress is None else lambda d, t: progress("liver", d, t),
@@ -356,6 +360,9 @@ class Segmenter:
         margin_vox = 1 + max(1, int(np.ceil(reach_mm / min(metadata.spacing_zyx_mm))))
         box = _fine_box(filled, coarse, scan, margin_vox=margin_vox)
         # The interpolation reads at most one coarse voxel beyond the fine box; two are kept.
+        # NOTE: when a scan's extent is a whole number of coarse voxels, its last slice (or row)
+        # lies more than half a coarse voxel past the coarse grid. The maps' edge values are
+        # extended to it (outside=None); SimpleITK's rule would leave it out of the liver.
         coarse_box = _grown_box(filled, margin_vox + 2)
         coarse_spacing, fine_spacing = image_spacing_zyx_mm(coarse), image_spacing_zyx_mm(scan)
         coarse_start_mm, box_start_mm = _start_mm(coarse_box, coarse_spacing), _start_mm(box, fine_spacing)
@@ -368,6 +375,7 @@ class Segmenter:
                 fine_spacing,
                 box_start_mm,
                 box_shape,
+                outside=None,
             )
             > metadata.threshold
         )
@@ -383,7 +391,7 @@ class Segmenter:
                 (fine_spacing[0], fine_spacing[1] * step, fine_spacing[2] * step),
                 box_start_mm,
                 (box_shape[0], -(-box_shape[1] // step), -(-box_shape[2] // step)),
-                outside=-1e3,
+                outside=None,
             )
             liver_in_box = refine_liver_boundary(
                 sitk.GetArrayViewFromImage(scan)[box],
@@ -497,6 +505,7 @@ class Segmenter:
                     metadata.patch_shape_vox,
                     metadata.tile_max_vox,
                     metadata.tile_multiple_vox,
+                    metadata.overlap,
                 ),
                 overlap=metadata.overlap,
                 region_mask=region,
@@ -512,6 +521,7 @@ class Segmenter:
                 image_spacing_zyx_mm(grid.crop),
                 (0.0, 0.0, 0.0),
                 tuple(part.stop - part.start for part in box),
+                outside=None,
             )
         return box, fine
 

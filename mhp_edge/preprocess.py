@@ -140,7 +140,7 @@ def upsample_linear(
     points_start_mm: Sequence[float],
     points_shape: Sequence[int],
     *,
-    outside: float = 0.0,
+    outside: float | None = 0.0,
 ) -> np.ndarray:
     """Linearly interpolate a map onto another axis-aligned grid of the same orientation.
 
@@ -148,7 +148,7 @@ def upsample_linear(
     own slices and z last, one output slice at a time, with no full-size temporaries. The result
     equals SimpleITK's linear ``Resample`` between the two grids: a point within half a voxel
     beyond the map's first or last voxel centre takes that edge value, and a point farther out
-    takes ``outside``.
+    takes ``outside``. With ``outside=None`` every point beyond the map takes the edge value.
 
     Parameters
     ----------
@@ -160,8 +160,8 @@ def upsample_linear(
         (z, y, x) position of the first voxel centre of each grid, mm from a shared origin.
     points_shape : sequence of 3 ints
         (z, y, x) shape of the result.
-    outside : float
-        Value of points beyond the map.
+    outside : float or None
+        Value of points beyond the map; None extends the map's edge values.
 
     Returns
     -------
@@ -195,6 +195,8 @@ def upsample_linear(
         np.multiply(partial[low[index]], 1 - fraction[index], out=result[index])
         result[index] += partial[high[index]] * fraction[index]
 
+    if outside is None:
+        return result
     inside_z, inside_y, inside_x = (inside for *_, inside in axes)
     result[~inside_z] = outside
     result[:, ~inside_y] = outside

@@ -58,12 +58,15 @@ def tile_shape(
     patch_shape_vox: Sequence[int],
     tile_max_vox: Sequence[int] | None,
     tile_multiple_vox: Sequence[int],
+    overlap: float,
 ) -> tuple[int, int, int]:
     """Return the window shape for a fully convolutional model: the volume rounded up, within bounds.
 
     Each axis is the volume's length rounded up to a multiple of ``tile_multiple_vox``, at least
-    the patch the model was trained on and at most ``tile_max_vox``. A volume that fits gets
-    one window, so no voxel is computed twice. Without ``tile_max_vox`` the patch is returned.
+    the patch the model was trained on. A volume that fits gets one window, so no voxel is
+    computed twice. Along an axis longer than ``tile_max_vox``, the tile is the shortest multiple
+    that covers the axis with as many overlapping windows as the largest tile would need, so
+    100 voxels take two tiles of 64, not two of 96.
 
     Parameters
     ----------
@@ -75,6 +78,8 @@ def tile_shape(
         Largest (z, y, x) window, a multiple of ``tile_multiple_vox``.
     tile_multiple_vox : sequence of 3 ints
         The network's total downsampling per axis.
+    overlap : float
+        Fraction of a window shared with its neighbour, in [0, 1).
 
     Returns
     -------
@@ -86,7 +91,11 @@ def tile_shape(
     for size, patch, largest, multiple in zip(
         volume_shape_vox, patch_shape_vox, tile_max_vox, tile_multiple_vox, strict=True
     ):
-        rounded = -(-int(size) // multiple) * multiple
+        length = int(size)
+        if length > largest:
+            count = len(window_starts(length, int(largest), overlap))
+            length = int(np.ceil(length / (1 + (count - 1) * (1 - overlap))))
+        rounded = -(-length // multiple) * multiple
         shape.append(max(int(patch), min(int(largest), rounded)))
     return tuple(shape)
 

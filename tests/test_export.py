@@ -567,3 +567,19 @@ def test_set_tiles_refuses_a_tumour_model(exported):
         pytest.skip("tumour models only")
     with pytest.raises(ValueError, match="no tile settings for tumour models"):
         set_tiles(model_path)
+
+
+def test_tiled_model_whose_graph_needs_larger_multiples_rejected(exported, tmp_path):
+    _, metadata, model_path, _ = exported
+    if metadata.tile_max_vox is None:
+        pytest.skip("tiled models only")
+    model = onnx.load(str(model_path))
+    wrong = replace(metadata, tile_multiple_vox=(1, 1, 1), tile_max_vox=(97, 193, 193))
+    next(entry for entry in model.metadata_props if entry.key == METADATA_KEY).value = wrong.to_json()
+    copy = tmp_path / model_path.name
+    onnx.save(model, str(copy))
+    card = json.loads(card_path_for(model_path).read_text())
+    card_path_for(copy).write_text(json.dumps({**card, "sha256": sha256_of_file(copy)}))
+
+    with pytest.raises(ModelError, match="does not run on a"):
+        load_model(copy, threads=1)

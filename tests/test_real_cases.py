@@ -86,3 +86,15 @@ def test_dicom_folder_matches_nifti(cases_dir, segmenter):
     from_dicom = segmenter.segment(read_image(folder)).mask_array
     from_nifti = segmenter.segment(sitk.ReadImage(str(cases_dir / "radctt_2022_ct.nii.gz"))).mask_array
     assert np.array_equal(from_dicom, from_nifti)
+
+
+def test_last_slice_kept_when_the_scan_ends_on_the_liver_grid(cases_dir, segmenter):
+    # 100 slices of 1.6 mm are exactly 40 of the liver model's 4 mm voxels, so the last slice
+    # lies more than half a coarse voxel past the coarse grid. The liver crosses it.
+    scan = read_image(cases_dir / "ircadb_01_ct.nii.gz")[:, :, :100]
+    reference = sitk.GetArrayFromImage(read_image(cases_dir / "ircadb_01_label.nii.gz")[:, :, :100]) > 0
+    assert reference[-1].sum() > 10_000
+
+    liver = sitk.GetArrayFromImage(segmenter.liver_mask(scan)) > 0
+
+    assert liver[-1].sum() > 0.5 * reference[-1].sum()
