@@ -74,8 +74,8 @@ LIVER_BOUNDARY = BoundarySpec(
 LIVER_TILE_MAX_VOX = (96, 192, 192)
 LIVER_TILE_MULTIPLE_VOX = (8, 8, 8)
 # NOTE: the tumour model keeps its overlapping windows. Tiles as large as its liver crop gave
-# the same leave-one-case-out Dice (0.202 against 0.195, folds of 500 steps), but cost as much
-# per voxel (1.0 us against 0.85 us for 32 x 96 x 96 windows in pairs, one thread) and one
+# the same leave-one-case-out Dice (0.202 against 0.195, folds of 500 steps). But they cost as
+# much per voxel (1.0 us against 0.85 us for 32 x 96 x 96 windows in pairs, one thread), and one
 # 80 x 192 x 192 tile peaked at 874 MB. Smaller tiles with a thin overlap would save about 40 %.
 TILES = {"liver": (LIVER_TILE_MAX_VOX, LIVER_TILE_MULTIPLE_VOX)}
 

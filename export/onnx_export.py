@@ -90,8 +90,8 @@ def free_spatial_axes(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
     Raises
     ------
     ValueError
-        If the graph does not run on that shape or returns another shape (it holds a size that
-        depends on the export example, so it cannot take tiles).
+        If the graph does not run on that shape or returns another shape: a size in it was
+        fixed by the export example, so it cannot take tiles.
     """
     for value in [*model.graph.input, *model.graph.output]:
         dims = value.type.tensor_type.shape.dim

@@ -535,7 +535,7 @@ def test_liver_boundary_update_keeps_model_loadable(exported, tmp_path):
     assert json.loads(card_path_for(copy).read_text())["metadata"]["boundary"]["reach_mm"] == 5.0
 
 
-def test_set_tiles_frees_the_axes_of_a_windowed_liver_model(tmp_path):
+def test_set_tiles_windowed_liver_model(tmp_path):
     network = RECIPES["liver"].build_network().eval()
     metadata = replace(small_metadata("liver"), tile_max_vox=None)
     model_path = tmp_path / "liver_net.onnx"

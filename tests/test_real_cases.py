@@ -88,7 +88,7 @@ def test_dicom_folder_matches_nifti(cases_dir, segmenter):
     assert np.array_equal(from_dicom, from_nifti)
 
 
-def test_last_slice_kept_when_the_scan_ends_on_the_liver_grid(cases_dir, segmenter):
+def test_liver_mask_last_slice_on_grid_boundary(cases_dir, segmenter):
     # 100 slices of 1.6 mm are exactly 40 of the liver model's 4 mm voxels, so the last slice
     # lies more than half a coarse voxel past the coarse grid. The liver crosses it.
     scan = read_image(cases_dir / "ircadb_01_ct.nii.gz")[:, :, :100]

@@ -100,7 +100,7 @@ def test_region_mask_skips_empty_windows():
         ((100, 98, 98), (64, 104, 104)),  # just over: two tiles of 64, not two of 96
     ],
 )
-def test_tile_shape_rounds_up_within_patch_and_largest_tile(volume, expected):
+def test_tile_shape_bounds(volume, expected):
     tile = tile_shape(volume, (32, 96, 96), (96, 192, 192), (8, 8, 8), 0.25)
     assert tile == expected
     for size, length, largest in zip(volume, tile, (96, 192, 192), strict=True):
@@ -115,7 +115,7 @@ def test_tile_shape_without_tiles_is_the_patch():
     assert tile_shape((52, 98, 98), (32, 96, 96), None, (1, 1, 1), 0.25) == (32, 96, 96)
 
 
-def test_one_tile_equals_the_model_on_the_padded_volume():
+def test_sliding_window_single_tile():
     # A tile covering the volume runs the model once, on the volume padded to the tile shape.
     volume = np.random.default_rng(0).normal(size=(1, 13, 21, 30)).astype(np.float32)
     tile = tile_shape(volume.shape[1:], (8, 8, 8), (16, 32, 32), (8, 8, 8), 0.25)
