@@ -137,7 +137,7 @@ def test_onnx_interface_matches_metadata(exported):
             assert all(dim.dim_param for dim in dims[2:]), "a tiled model's spatial axes must be dynamic"
 
 
-def test_tiled_models_match_torch_on_a_larger_tile(exported):
+def test_tiled_model_larger_tile_parity(exported):
     network, metadata, model_path, _ = exported
     if metadata.tile_max_vox is None:
         pytest.skip(f"{metadata.name} runs windows of its patch shape only")
@@ -153,7 +153,7 @@ def test_tiled_models_match_torch_on_a_larger_tile(exported):
     np.testing.assert_allclose(onnx_logits, torch_logits, atol=LOGIT_TOLERANCE, rtol=0)
 
 
-def test_liver_tile_multiple_is_the_networks_downsampling():
+def test_liver_tile_multiple_downsampling():
     from export.networks import LiverNet
 
     downsampling = np.prod([LiverNet.stem_stride, *LiverNet.strides], axis=0)
@@ -561,7 +561,7 @@ def test_set_tiles_windowed_liver_model(tmp_path):
     np.testing.assert_allclose(loaded.predict([ct]), expected, atol=LOGIT_TOLERANCE, rtol=0)
 
 
-def test_set_tiles_refuses_a_tumour_model(exported):
+def test_set_tiles_tumour_model_rejected(exported):
     _, metadata, model_path, _ = exported
     if metadata.task != "tumour":
         pytest.skip("tumour models only")
@@ -569,7 +569,7 @@ def test_set_tiles_refuses_a_tumour_model(exported):
         set_tiles(model_path)
 
 
-def test_tiled_model_whose_graph_needs_larger_multiples_rejected(exported, tmp_path):
+def test_tiled_model_wrong_multiples_rejected(exported, tmp_path):
     _, metadata, model_path, _ = exported
     if metadata.tile_max_vox is None:
         pytest.skip("tiled models only")

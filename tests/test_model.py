@@ -161,7 +161,7 @@ def test_inconsistent_metadata_rejected(changes, message):
         parse_metadata(json.dumps(document), source="model.onnx")
 
 
-def test_tiled_metadata_on_a_fixed_graph_rejected(tmp_path):
+def test_tiled_metadata_fixed_graph_rejected(tmp_path):
     metadata = make_metadata("liver", tile_max_vox=(16, 32, 32), tile_multiple_vox=(8, 8, 8))
     path = write_linear_model(tmp_path, "liver.onnx", metadata)
     with pytest.raises(ModelError, match="export the spatial axes as dynamic"):

@@ -111,7 +111,7 @@ def test_tile_shape_bounds(volume, expected):
             assert starts[-1] + length == size
 
 
-def test_tile_shape_without_tiles_is_the_patch():
+def test_tile_shape_without_tiles():
     assert tile_shape((52, 98, 98), (32, 96, 96), None, (1, 1, 1), 0.25) == (32, 96, 96)
 
 
