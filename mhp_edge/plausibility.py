@@ -52,9 +52,22 @@ def spacing_warnings(scan: sitk.Image) -> list[str]:
     return warnings
 
 
+# Percentiles of a scan's intensities come from at most about this many voxels: every 4th row
+# and column, and every n-th slice of a long scan.
+_SAMPLE_MAX_VOX = 2_000_000
+
+
+def intensity_sample(hu: np.ndarray) -> np.ndarray:
+    """Return a strided view of a (Z, Y, X) scan with at most about ``_SAMPLE_MAX_VOX`` voxels."""
+    in_plane = hu[:, ::4, ::4]
+    slice_vox = max(1, in_plane.shape[1] * in_plane.shape[2])
+    step = max(1, int(np.ceil(in_plane.shape[0] * slice_vox / _SAMPLE_MAX_VOX)))
+    return in_plane[::step]
+
+
 def is_nearly_constant(hu: np.ndarray) -> bool:
     """Return True when the 1st and 99th percentiles of a scan are less than 1 HU apart."""
-    sample = hu[:, ::4, ::4]
+    sample = intensity_sample(hu)
     if sample.size == 0:
         return True
     low, high = np.percentile(sample, [1, 99])
@@ -69,7 +82,7 @@ def intensity_warnings(hu: np.ndarray) -> list[str]:
     hu : ndarray of shape (Z, Y, X), float32
         The scan after clean-up (non-finite values already replaced).
     """
-    sample = hu[:, ::4, ::4]
+    sample = intensity_sample(hu)
     if sample.size == 0:
         return []
     low, high = np.percentile(sample, [1, 99])

@@ -6,6 +6,7 @@ import SimpleITK as sitk
 
 from mhp_edge.plausibility import (
     anatomy_warnings,
+    intensity_sample,
     intensity_warnings,
     liver_volume_warnings,
     spacing_warnings,
@@ -101,3 +102,13 @@ def test_real_cases_pass_and_flips_warn(cases_dir):
         assert anatomy_warnings(hu, liver, spacing) == [], ct_path.name
         assert len(anatomy_warnings(hu[:, ::-1].copy(), liver[:, ::-1], spacing)) == 1, ct_path.name
         assert len(anatomy_warnings(hu[:, :, ::-1].copy(), liver[:, :, ::-1], spacing)) == 1, ct_path.name
+
+
+def test_intensity_sample_bounded_on_long_scans():
+    # A 1000-slice scan as a broadcast view, so the test allocates nothing large.
+    long_scan = np.broadcast_to(np.zeros((1, 512, 512), dtype=np.int16), (1000, 512, 512))
+
+    sample = intensity_sample(long_scan)
+
+    assert sample.size <= 2_100_000
+    assert sample.shape[1:] == (128, 128)
