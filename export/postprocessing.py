@@ -82,7 +82,7 @@ def set_liver_boundary(model_path: Path, boundary: BoundarySpec | None) -> None:
 
 
 def set_tiles(model_path: Path) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """Let an exported model take tiles of any shape: dynamic spatial axes and its task's tile settings.
+    """Make an exported model take tiles of any shape: dynamic spatial axes and its task's tile settings.
 
     Returns
     -------
@@ -94,7 +94,8 @@ def set_tiles(model_path: Path) -> tuple[tuple[int, int, int], tuple[int, int, i
     task = parse_metadata(properties.get(METADATA_KEY, "{}"), source=str(model_path)).task
     if task not in TILES:
         raise ValueError(
-            f"{model_path}: no tile settings for {task} models; export.contract.TILES has {sorted(TILES)}."
+            f"{model_path}: no tile settings for {task} models. "
+            f"export.contract.TILES covers {sorted(TILES)} models only."
         )
     tile_max_vox, tile_multiple_vox = TILES[task]
     _rewrite_metadata(

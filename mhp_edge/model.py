@@ -161,9 +161,9 @@ def load_model(path: Path, *, threads: int) -> LoadedModel:
 
 
 def tile_problem(session: ort.InferenceSession, metadata: ModelMetadata) -> str | None:
-    """Run a tiled model once on a tile one multiple larger than its patch; describe any failure.
+    """Run a tiled model once on a tile one multiple larger than its patch and describe a failure.
 
-    A graph whose spatial axes are dynamic may still hold sizes from its export example, or
+    A graph whose spatial axes are dynamic may still contain sizes from its export example, or
     need larger multiples than its metadata states. Returns None when the logits have the tile's
     shape.
     """

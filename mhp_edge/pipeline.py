@@ -359,7 +359,7 @@ class Segmenter:
         reach_mm = 0.0 if metadata.boundary is None else metadata.boundary.reach_mm
         margin_vox = 1 + max(1, int(np.ceil(reach_mm / min(metadata.spacing_zyx_mm))))
         box = _fine_box(filled, coarse, scan, margin_vox=margin_vox)
-        # The interpolation reads at most one coarse voxel beyond the fine box; two are kept.
+        # The interpolation reads at most one coarse voxel beyond the fine box, and the box keeps two.
         # NOTE: when a scan's extent is a whole number of coarse voxels, its last slice (or row)
         # lies more than half a coarse voxel past the coarse grid. The maps' edge values are
         # extended to it (outside=None); SimpleITK's rule would leave it out of the liver.

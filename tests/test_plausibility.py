@@ -104,7 +104,7 @@ def test_real_cases_pass_and_flips_warn(cases_dir):
         assert len(anatomy_warnings(hu[:, :, ::-1].copy(), liver[:, :, ::-1], spacing)) == 1, ct_path.name
 
 
-def test_intensity_sample_bounded_on_long_scans():
+def test_intensity_sample_long_scan():
     # A 1000-slice scan as a broadcast view, so the test allocates nothing large.
     long_scan = np.broadcast_to(np.zeros((1, 512, 512), dtype=np.int16), (1000, 512, 512))
 

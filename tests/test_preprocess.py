@@ -105,8 +105,8 @@ def test_zero_context_is_the_crop_alone():
 
 @pytest.mark.parametrize("outside", [0.0, -7.0])
 def test_upsample_linear_equals_simpleitk_resample(outside):
-    # A coarse map onto a finer grid that starts before it and ends beyond it, as the liver
-    # stage does with its probability and distance maps.
+    # The fine grid starts before the coarse map and ends beyond it, as in the liver stage, which
+    # interpolates its probability and distance maps this way.
     values = np.random.default_rng(0).random((13, 20, 17)).astype(np.float32)
     coarse_spacing, fine_spacing = (4.0, 3.0, 3.0), (1.6, 0.57, 0.57)
     coarse_start_mm, fine_start_mm = (4.0, 6.0, 15.0), (1.0, 9.99, 13.0)
