@@ -74,7 +74,7 @@ def test_context_stops_at_the_scan(box, expected_before, expected_after):
 
 def test_context_keeps_the_hessian_of_a_voxel_fixed():
     # Two boxes around the same voxels, on a scan at the model spacing: with context the Hessian of
-    # their shared voxels agrees exactly, without it the voxels near the faces differ.
+    # their shared voxels agrees to float32 rounding, without it the voxels near the faces differ.
     scan = random_scan()
     spacing = (2.5, 1.25, 1.25)
     small = (slice(14, 26), slice(45, 75), slice(40, 70))
@@ -91,7 +91,7 @@ def test_context_keeps_the_hessian_of_a_voxel_fixed():
 
     context_mm = hessian_context_mm(spacing, make_metadata("tumour").hessian.scales_mm, 4.0)
     with_context = hessian_of(large, context_mm)[shared_in_large]
-    np.testing.assert_array_equal(hessian_of(small, context_mm), with_context)
+    np.testing.assert_allclose(hessian_of(small, context_mm), with_context, rtol=1e-5, atol=1e-6)
     difference = np.abs(hessian_of(small, 0.0) - hessian_of(large, 0.0)[shared_in_large])
     assert difference.max() > 0.1
 
