@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import SimpleITK as sitk
 
 from mhp_edge.dicom import read_dicom_series
 from mhp_edge.errors import InputImageError, OutputError
-from mhp_edge.nifti import inspect_nifti
+from mhp_edge.nifti import NiftiInspection, inspect_nifti
 
 logger = logging.getLogger(__name__)
 
@@ -67,19 +68,37 @@ def read_image(path: Path, *, series_uid: str | None = None) -> sitk.Image:
                 f"{path}: unknown image type. Give a .nii, .nii.gz, .nrrd, .mha or .mhd file, "
                 "or a folder of DICOM files."
             )
-        inspection = inspect_nifti(path) if image_suffix(path) in (".nii", ".nii.gz") else None
-        try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError as err:
-            raise InputImageError(
-                f"{path}: cannot be read as an image ({_first_line(err)}). "
-                "The file may be truncated or corrupt; export it again."
-            ) from err
+        image, inspection = _read_with_itk(path)
         if inspection is not None and inspection.non_finite_indices.size:
             image = _restore_non_finite(image, inspection.non_finite_indices)
 
     _check_volume(image, path)
     return image
+
+
+def _read_with_itk(path: Path) -> tuple[sitk.Image, NiftiInspection | None]:
+    """Read an image file with ITK and, for NIfTI, check it with ``inspect_nifti`` meanwhile.
+
+    The check decompresses the file a second time, so it runs in a thread beside ITK's read
+    (both release the GIL). ircadb_01 (32 MB gzip) took 0.36 s to read, against 0.78 s for the
+    check with zlib followed by ITK's read. The check's findings come first: a truncated or corrupt file is
+    reported as such even when ITK read it.
+    """
+    check = inspect_nifti if image_suffix(path) in (".nii", ".nii.gz") else lambda _: None
+    with ThreadPoolExecutor(1) as pool:
+        inspection = pool.submit(check, path)
+        try:
+            image, error = sitk.ReadImage(str(path)), None
+        except RuntimeError as err:
+            image, error = None, err
+        findings = inspection.result()
+
+    if error is not None:
+        raise InputImageError(
+            f"{path}: cannot be read as an image ({_first_line(error)}). "
+            "The file may be truncated or corrupt; export it again."
+        ) from error
+    return image, findings
 
 
 def _restore_non_finite(image: sitk.Image, flat_indices: np.ndarray) -> sitk.Image:

@@ -77,6 +77,17 @@ def test_truncated_gzip(tmp_path):
         read_image(path)
 
 
+def test_corrupt_byte_in_gzip(tmp_path):
+    # ITK reads this file without an error and returns wrong voxels, so the CRC check must catch it.
+    path = tmp_path / "scan.nii.gz"
+    sitk.WriteImage(liver_phantom(), str(path))
+    data = bytearray(path.read_bytes())
+    data[-12] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputImageError, match="truncated or corrupt"):
+        read_image(path)
+
+
 def test_not_gzip_data(tmp_path):
     path = tmp_path / "scan.nii.gz"
     path.write_bytes(gzip.compress(b"garbage" * 100))
