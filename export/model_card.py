@@ -57,10 +57,11 @@ def render_model_section(card: dict[str, Any]) -> list[str]:
         f"(HU - {metadata.get('hu_mean')}) / {metadata.get('hu_std')}.",
     ]
     if metadata.get("tile_max_vox"):
+        region = "whole resampled scan" if card["task"] == "liver" else "resampled liver crop"
         lines.append(
-            f"- Fully convolutional: the runtime feeds it the whole resampled scan as one tile, rounded "
-            f"up to multiples of {tuple(metadata['tile_multiple_vox'])} voxels, up to "
-            f"{tuple(metadata['tile_max_vox'])} voxels per tile; longer scans take overlapping tiles."
+            f"- Fully convolutional: the runtime feeds it the {region} as one tile, rounded up to "
+            f"multiples of {tuple(metadata['tile_multiple_vox'])} voxels, up to "
+            f"{tuple(metadata['tile_max_vox'])} voxels per tile; larger regions take overlapping tiles."
         )
     if hessian:
         context_mm = hessian.get("context_mm", 0.0)

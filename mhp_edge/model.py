@@ -59,13 +59,16 @@ def _cgroup_cpu_quota() -> float | None:
     return None
 
 
-def session_options(threads: int) -> ort.SessionOptions:
+def session_options(threads: int, *, arena: bool = True) -> ort.SessionOptions:
     """Build CPU session options: a fixed intra-op pool, no inter-op pool, no spinning.
 
     Parameters
     ----------
     threads : int
         Intra-op threads, at least 1.
+    arena : bool
+        Keep ONNX Runtime's CPU memory arena. Without it, each tensor is allocated and freed
+        as the graph runs.
     """
     if threads < 1:
         raise ConfigurationError(f"threads must be >= 1, got {threads}.")
@@ -76,6 +79,7 @@ def session_options(threads: int) -> ort.SessionOptions:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Spinning threads keep cores busy after each run, which hurts an embedding application.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.enable_cpu_mem_arena = arena
     return options
 
 
@@ -146,7 +150,9 @@ def load_model(path: Path, *, threads: int) -> LoadedModel:
     try:
         session = ort.InferenceSession(
             proto.SerializeToString(),
-            sess_options=session_options(threads),
+            # Tiles change shape from call to call. With the arena, radctt_2144 peaked at about
+            # 1.4 GB, and without it at about 1.0 GB, for about 0.2 s more tumour inference.
+            sess_options=session_options(threads, arena=metadata.tile_max_vox is None),
             providers=["CPUExecutionProvider"],
         )
     except Exception as err:  # onnxruntime raises its own exception types without a common base

@@ -142,12 +142,13 @@ def test_tiled_model_larger_tile_parity(exported):
     if metadata.tile_max_vox is None:
         pytest.skip(f"{metadata.name} runs windows of its patch shape only")
     tile = tuple(p + 2 * m for p, m in zip(SMALL_PATCH_VOX, metadata.tile_multiple_vox, strict=True))
-    ct = np.random.default_rng(2).normal(size=(1, 1, *tile)).astype(np.float32)
+    rng = np.random.default_rng(2)
+    inputs = [rng.normal(size=(1, 1, *tile)).astype(np.float32) for _ in metadata.input_names]
 
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    (onnx_logits,) = session.run(None, {metadata.input_names[0]: ct})
+    (onnx_logits,) = session.run(None, dict(zip(metadata.input_names, inputs, strict=True)))
     with torch.no_grad():
-        torch_logits = network.eval()(torch.from_numpy(ct)).numpy()
+        torch_logits = network.eval()(*(torch.from_numpy(batch) for batch in inputs)).numpy()
 
     assert onnx_logits.shape == (1, 1, *tile)
     np.testing.assert_allclose(onnx_logits, torch_logits, atol=LOGIT_TOLERANCE, rtol=0)
@@ -158,6 +159,11 @@ def test_liver_tile_multiple_downsampling():
 
     downsampling = np.prod([LiverNet.stem_stride, *LiverNet.strides], axis=0)
     assert tuple(int(n) for n in downsampling) == liver_metadata({}).tile_multiple_vox
+
+
+def test_tumour_tile_multiple_downsampling():
+    downsampling = np.prod([MHPNet.entry_stride, *MHPNet.strides], axis=0)
+    assert tuple(int(n) for n in downsampling) == small_metadata("tumour").tile_multiple_vox
 
 
 def test_embedded_metadata_parses(exported):
@@ -535,15 +541,17 @@ def test_liver_boundary_update_keeps_model_loadable(exported, tmp_path):
     assert json.loads(card_path_for(copy).read_text())["metadata"]["boundary"]["reach_mm"] == 5.0
 
 
-def test_set_tiles_windowed_liver_model(tmp_path):
-    network = RECIPES["liver"].build_network().eval()
-    metadata = replace(small_metadata("liver"), tile_max_vox=None)
-    model_path = tmp_path / "liver_net.onnx"
+@pytest.mark.parametrize("task", ["liver", "tumour"])
+def test_set_tiles_windowed_model(task, tmp_path):
+    torch.manual_seed(0)
+    network = NETWORKS[task]().eval()
+    metadata = replace(small_metadata(task), tile_max_vox=None)
+    model_path = tmp_path / f"{task}.onnx"
     export_onnx(network, metadata, model_path)
     write_card(
         model_path,
         metadata,
-        architecture="LiverNet",
+        architecture=type(network).__name__,
         parameters=count_parameters(network),
         training_cases=["ircadb_01"],
         licences=licences_for(["ircadb_01"]),
@@ -553,20 +561,12 @@ def test_set_tiles_windowed_liver_model(tmp_path):
     tile_max_vox, _ = set_tiles(model_path)
 
     loaded = load_model(model_path, threads=1)
-    assert loaded.metadata.tile_max_vox == tile_max_vox == liver_metadata({}).tile_max_vox
-    tile = (24, 40, 48)
-    ct = np.random.default_rng(3).normal(size=(1, 1, *tile)).astype(np.float32)
+    assert loaded.metadata.tile_max_vox == tile_max_vox == small_metadata(task).tile_max_vox
+    rng = np.random.default_rng(3)
+    inputs = [rng.normal(size=(1, 1, 24, 40, 48)).astype(np.float32) for _ in metadata.input_names]
     with torch.no_grad():
-        expected = network(torch.from_numpy(ct)).numpy()
-    np.testing.assert_allclose(loaded.predict([ct]), expected, atol=LOGIT_TOLERANCE, rtol=0)
-
-
-def test_set_tiles_tumour_model_rejected(exported):
-    _, metadata, model_path, _ = exported
-    if metadata.task != "tumour":
-        pytest.skip("tumour models only")
-    with pytest.raises(ValueError, match="no tile settings for tumour models"):
-        set_tiles(model_path)
+        expected = network(*(torch.from_numpy(batch) for batch in inputs)).numpy()
+    np.testing.assert_allclose(loaded.predict(inputs), expected, atol=LOGIT_TOLERANCE, rtol=0)
 
 
 def test_tiled_model_wrong_multiples_rejected(exported, tmp_path):
