@@ -62,7 +62,7 @@ from mhp_edge.evaluate import dice
 from mhp_edge.metadata import HessianSpec, ModelMetadata
 from mhp_edge.model import LoadedModel, session_options
 from mhp_edge.preprocess import hessian_input, normalise_hu
-from mhp_edge.windows import sliding_window_probability, tile_shape
+from mhp_edge.windows import sliding_window_probability
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS = REPO_ROOT / "models"
@@ -339,13 +339,7 @@ def compare_tumour_inference(model: LoadedModel, twin: TorchModel, case: str, re
             inputs, prepared.pad_values, twin.predict, **settings
         ),
     }
-    tile = tile_shape(
-        inputs[0].shape[1:],
-        metadata.patch_shape_vox,
-        metadata.tile_max_vox,
-        metadata.tile_multiple_vox,
-        metadata.overlap,
-    )
+    tile = metadata.window_shape(inputs[0].shape[1:])
     product = "mhp-edge, windows with liver"
     if tile != tuple(metadata.patch_shape_vox):
         # The shipped settings: tiles as large as the region allows, on both engines.

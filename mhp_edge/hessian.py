@@ -252,7 +252,7 @@ def gaussian_derivative_kernel(sigma_vox: float, order: int) -> np.ndarray:
 
 
 def kernel_radius_vox(sigma_vox: float) -> int:
-    """Return how many voxels on each side ``_smooth_along`` reads for a standard deviation in voxels."""
+    """Return how many voxels each side of a sampled Gaussian kernel reads, for a sigma in voxels."""
     if sigma_vox < _MIN_SIGMA_VOX:
         return 1
     return max(1, int(4.0 * sigma_vox + 0.5))

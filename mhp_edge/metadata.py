@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mhp_edge.errors import ModelError
+from mhp_edge.windows import tile_shape
 
 METADATA_KEY = "mhp_edge.metadata"
 # Version 2 added the Hessian's context_mm and pyramid_min_sigma_vox. Runtimes that read only
@@ -155,6 +156,12 @@ class ModelMetadata:
     boundary: BoundarySpec | None = None
     tile_max_vox: tuple[int, int, int] | None = None
     tile_multiple_vox: tuple[int, int, int] = (1, 1, 1)
+
+    def window_shape(self, volume_shape_vox: tuple[int, ...]) -> tuple[int, int, int]:
+        """Return the (z, y, x) window this model runs on a volume: a tile, or its patch without tiles."""
+        return tile_shape(
+            volume_shape_vox, self.patch_shape_vox, self.tile_max_vox, self.tile_multiple_vox, self.overlap
+        )
 
     def to_json(self) -> str:
         """Serialise to the JSON document stored in the ONNX file."""

@@ -47,7 +47,7 @@ from mhp_edge.preprocess import (
     upsample_linear,
 )
 from mhp_edge.report import LIVER_LABEL, TUMOUR_LABEL, Lesion, measure_lesions
-from mhp_edge.windows import sliding_window_probability, tile_shape
+from mhp_edge.windows import sliding_window_probability
 
 logger = logging.getLogger(__name__)
 
@@ -329,13 +329,7 @@ class Segmenter:
             [ct],
             [float(normalise_hu(np.float32(metadata.pad_hu), metadata))],
             model.predict,
-            patch_shape_vox=tile_shape(
-                ct.shape[1:],
-                metadata.patch_shape_vox,
-                metadata.tile_max_vox,
-                metadata.tile_multiple_vox,
-                metadata.overlap,
-            ),
+            patch_shape_vox=metadata.window_shape(ct.shape[1:]),
             overlap=metadata.overlap,
             progress=None if progress is None else lambda d, t: progress("liver", d, t),
         )
@@ -500,13 +494,7 @@ class Segmenter:
                 inputs,
                 pad_values,
                 model.predict,
-                patch_shape_vox=tile_shape(
-                    inputs[0].shape[1:],
-                    metadata.patch_shape_vox,
-                    metadata.tile_max_vox,
-                    metadata.tile_multiple_vox,
-                    metadata.overlap,
-                ),
+                patch_shape_vox=metadata.window_shape(inputs[0].shape[1:]),
                 overlap=metadata.overlap,
                 region_mask=region,
                 progress=None if progress is None else lambda d, t: progress("tumour", d, t),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mhp_edge.windows import gaussian_weights, sliding_window_probability, tile_shape, window_starts
+from model_factory import make_metadata
 
 PATCH = (4, 6, 8)
 OVERLAPS = (0.0, 0.25, 0.5, 0.75)
@@ -128,3 +129,13 @@ def test_sliding_window_single_tile():
     probability = sliding_window_probability([volume], [0.0], predict, patch_shape_vox=tile, overlap=0.25)
     assert calls == [(1, 1, 16, 24, 32)]
     np.testing.assert_allclose(probability, 1 / (1 + np.exp(-2 * volume[0])), atol=1e-6)
+
+
+def test_window_shape_follows_tile_settings():
+    # The ircadb_01 tumour crop: 70 slices exceed the 64-slice tile, so two tiles of 40 cover them.
+    tiled = make_metadata("tumour", (32, 96, 96), tile_max_vox=(64, 192, 192), tile_multiple_vox=(4, 8, 8))
+    assert tiled.window_shape((70, 141, 173)) == (40, 144, 176)
+
+
+def test_window_shape_without_tiles_is_patch():
+    assert make_metadata("tumour", (32, 96, 96)).window_shape((70, 141, 173)) == (32, 96, 96)
