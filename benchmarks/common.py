@@ -39,8 +39,18 @@ def write_result_files(out_dir: Path, name: str, document: dict[str, Any], markd
     return markdown_path
 
 
+def budget_text(document: dict[str, Any]) -> str:
+    """Return a results document's training budget per fold as text: steps or minutes."""
+    if document.get("steps"):
+        return f"{document['steps']} optimiser steps"
+    return f"{document['minutes']:g} min of wall time"
+
+
 def add_fold_arguments(parser: argparse.ArgumentParser, *, work: Path, out: Path) -> None:
-    """Add the options every leave-one-case-out benchmark takes: jobs, threads, data and folders."""
+    """Add the options every leave-one-case-out benchmark takes: step budget, jobs, threads, data, folders."""
+    parser.add_argument(
+        "--steps", type=int, default=None, help="train each fold this many steps instead of --minutes"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="folds trained at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads per fold")
     parser.add_argument("--cases", type=Path, default=None, help="labelled cases (default: the shared data)")
@@ -53,3 +63,5 @@ def check_fold_arguments(parser: argparse.ArgumentParser, arguments: argparse.Na
     """Exit through ``parser.error`` when the budget, jobs or threads are out of range."""
     if arguments.minutes <= 0 or arguments.jobs < 1 or arguments.threads < 1:
         parser.error("--minutes must be > 0, --jobs and --threads >= 1")
+    if arguments.steps is not None and arguments.steps < 1:
+        parser.error(f"--steps must be >= 1, got {arguments.steps}")

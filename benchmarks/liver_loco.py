@@ -44,7 +44,13 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from benchmarks.common import add_fold_arguments, check_fold_arguments, run_folds, write_result_files
+from benchmarks.common import (
+    add_fold_arguments,
+    budget_text,
+    check_fold_arguments,
+    run_folds,
+    write_result_files,
+)
 from benchmarks.loco import mean_and_sd
 from export.contract import LIVER_BOUNDARY
 from export.data import REPO_ROOT, CaseFiles, default_cache_dir, default_data_dir, find_cases
@@ -197,12 +203,6 @@ _BOUNDARY_SETTINGS = {
 }
 
 
-def _budget_text(document: dict[str, Any]) -> str:
-    if document.get("steps"):
-        return f"{document['steps']} optimiser steps"
-    return f"{document['minutes']:g} min of wall time"
-
-
 _TILE_SETTINGS = {
     "model": "tiles as the fold model's metadata says",
     "off": "overlapping windows of the training patch (`--tiles off`)",
@@ -218,7 +218,7 @@ def render_markdown(document: dict[str, Any]) -> str:
         f"Command: `{document['command']}`",
         "",
         f"{document['machine']}. Each fold trains the `{document['task']}` recipe for "
-        f"{_budget_text(document)} with {document['threads']} thread(s), "
+        f"{budget_text(document)} with {document['threads']} thread(s), "
         f"{document['jobs']} fold(s) at a time. "
         f"Recipe of commit `{document['commit']['export_commit'][:12]}`"
         f"{' with uncommitted changes' if document['commit']['export_tree_dirty'] else ''}"
@@ -269,9 +269,6 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--task", default="liver", choices=[name for name in RECIPES if name.startswith("liver")]
     )
     parser.add_argument("--minutes", type=float, default=RECIPES["liver"].default_minutes)
-    parser.add_argument(
-        "--steps", type=int, default=None, help="train each fold this many steps instead of --minutes"
-    )
     add_fold_arguments(parser, work=Path("/tmp/mhp-edge-liver"), out=RESULTS_DIR)
     parser.add_argument("--tumour-folds", type=Path, default=None, help="WORK/VARIANT of tumour_ablation")
     parser.add_argument("--name", default="liver_loco", help="stem of the .json and .md results")
@@ -282,8 +279,6 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rescore", action="store_true", help="score the existing folds, train nothing")
     arguments = parser.parse_args(argv)
     check_fold_arguments(parser, arguments)
-    if arguments.steps is not None and arguments.steps < 1:
-        parser.error(f"--steps must be >= 1, got {arguments.steps}")
     return arguments
 
 

@@ -2,14 +2,14 @@
 
 Run from the repository root::
 
-    python -m benchmarks.tumour_ablation [--variants NAME ...] [--minutes 3] [--jobs 2]
+    python -m benchmarks.tumour_ablation [--variants NAME ...] [--minutes 3 | --steps 800] [--jobs 2]
         [--threads 1] [--cases DIR] [--work DIR] [--out benchmarks/results] [--seed 0]
         [--name tumour_ablation]
 
 For every variant and every labelled case that has tumours, a tumour model is trained on the
-other cases (tumour-free ones included) for the same wall time. The held-out scan's tumour
-probability is then computed through the runtime (``Segmenter.tumour_probability``) inside the
-reference liver. So the numbers measure the tumour stage alone; ``benchmarks/loco.py`` measures
+other cases (tumour-free ones included) for the same budget: a wall time, or with ``--steps`` a
+number of optimiser steps. The held-out scan's tumour probability is then computed through the
+runtime (``Segmenter.tumour_probability``) inside the reference liver. So the numbers measure the tumour stage alone; ``benchmarks/loco.py`` measures
 the whole pipeline with the liver model.
 
 Post-processing is chosen by validation, never on the case it is scored on. For each held-out
@@ -51,7 +51,13 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from benchmarks.common import add_fold_arguments, check_fold_arguments, run_folds, write_result_files
+from benchmarks.common import (
+    add_fold_arguments,
+    budget_text,
+    check_fold_arguments,
+    run_folds,
+    write_result_files,
+)
 from export.data import REPO_ROOT, CaseFiles, default_cache_dir, default_data_dir, find_cases
 from export.train import RECIPES, Budget, DataOptions, configure_logging, train_and_export
 from mhp_edge.evaluate import evaluate_masks
@@ -110,9 +116,13 @@ def run_fold(
     cache_dir: Path,
     seed: int,
     minutes: float,
+    steps: int | None = None,
     threads: int = 1,
 ) -> dict[str, Any]:
     """Train one variant without one case and store the held-out tumour probability.
+
+    ``steps``, when given, replaces the ``minutes`` budget by that many optimiser steps, so a
+    slower machine trains as much as the run it is compared with.
 
     Runs in a worker process with ``threads`` torch and onnxruntime threads. Returns the fold
     record, also written as ``fold.json`` beside ``probability.npz`` in the fold folder.
@@ -135,7 +145,7 @@ def run_fold(
         out_dir=folder,
         cache_dir=cache_dir,
         seed=seed,
-        budget=Budget(seconds=minutes * 60),
+        budget=Budget(steps=steps) if steps else Budget(seconds=minutes * 60),
         options=variant.options,
     )
     provenance = json.loads(card_path_for(model_path).read_text())["metadata"]["provenance"]
@@ -300,7 +310,7 @@ def render_markdown(document: dict[str, Any]) -> str:
         "",
         f"Command: `{document['command']}`",
         "",
-        f"{document['machine']}. Each fold trains for {document['minutes']:g} min of wall time with "
+        f"{document['machine']}. Each fold trains for {budget_text(document)} with "
         f"{document.get('threads', 1)} torch thread(s), {document['jobs']} fold(s) at a time. "
         "Held-out cases: "
         f"{', '.join(document['held_out_cases'])}. The held-out scan is segmented inside its reference "
@@ -398,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir=cache_dir,
         seed=arguments.seed,
         minutes=arguments.minutes,
+        steps=arguments.steps,
         threads=arguments.threads,
     )
     for record in records:
@@ -424,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()}, {multiprocessing.cpu_count()} CPUs visible",
         "minutes": arguments.minutes,
+        "steps": arguments.steps,
         "jobs": arguments.jobs,
         "threads": arguments.threads,
         "held_out_cases": [case.case_id for case in held_out],
