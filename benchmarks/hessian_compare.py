@@ -261,14 +261,16 @@ def methods_for(
         # The baseline runs with the shipped settings and core when its version takes them.
         accepted = inspect.signature(baseline.multiscale_blob_response).parameters
         settings = {"core": core, "pyramid_min_sigma_vox": spec.pyramid_min_sigma_vox}
-        earlier = functools.partial(
+        baseline_response = functools.partial(
             baseline.multiscale_blob_response, **{k: v for k, v in settings.items() if k in accepted}
         )
 
-        def earlier_call(hu, spacing, scales):
-            return earlier(np.clip(hu, low, high), spacing, scales)
+        def baseline_call(hu, spacing, scales):
+            return baseline_response(np.clip(hu, low, high), spacing, scales)
 
-        methods["mhp-edge baseline"] = earlier_call if "core" in accepted else clipped_call(earlier)
+        methods["mhp-edge baseline"] = (
+            baseline_call if "core" in accepted else clipped_call(baseline_response)
+        )
     methods["scikit-image"] = clipped_call(skimage_response)
     methods["SimpleITK recursive"] = clipped_call(sitk_recursive_response)
     methods["SimpleITK objectness"] = clipped_call(sitk_objectness_response)

@@ -9,8 +9,8 @@ Run from the repository root::
 For every variant and every labelled case that has tumours, a tumour model is trained on the
 other cases (tumour-free ones included) for the same budget: a wall time, or with ``--steps`` a
 number of optimiser steps. The held-out scan's tumour probability is then computed through the
-runtime (``Segmenter.tumour_probability``) inside the reference liver. So the numbers measure the tumour stage alone; ``benchmarks/loco.py`` measures
-the whole pipeline with the liver model.
+runtime (``Segmenter.tumour_probability``) inside the reference liver. So the numbers measure
+the tumour stage alone; ``benchmarks/loco.py`` measures the whole pipeline with the liver model.
 
 Post-processing is chosen by validation, never on the case it is scored on. For each held-out
 case, the threshold and the minimum lesion volume are those that give the best mean tumour

@@ -24,9 +24,10 @@ another gets the balance of the two, so the output changes continuously with the
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 from scipy import ndimage
@@ -136,23 +137,26 @@ def axis_operators(
     dict of int to ndarray of shape (core size, ``size_vox``), float32
         Matrices for orders 0, 1 and 2, in intensity per mm to the power of the order.
     """
-    subsampled = np.eye(size_vox)
-    presmoothed_mm = 0.0
+    # Without subsampling the blur before it and the interpolation after it are identities, so
+    # they are left out: a product of N x N matrices costs N^3.
+    subsampled, coarse_size, presmoothed_mm = None, size_vox, 0.0
     if factor > 1:
         subsampled = _filter_matrix(size_vox, float(factor), 0)[::factor]
-        presmoothed_mm = factor * spacing_mm
+        coarse_size, presmoothed_mm = subsampled.shape[0], factor * spacing_mm
     coarse_mm = spacing_mm * factor
     sigma_vox = np.sqrt(max(sigma_mm**2 - presmoothed_mm**2, 0.0)) / coarse_mm
 
     first = core.start // factor
     count = -(-(core.stop - core.start) // factor) + (1 if factor > 1 else 0)
-    rows = slice(first, min(first + count, subsampled.shape[0]))
-    back = _interpolation_matrix(rows.stop - rows.start, factor, core.stop - core.start)
+    rows = slice(first, min(first + count, coarse_size))
 
     operators = {}
     for order in (0, 1, 2):
-        derivative = _filter_matrix(subsampled.shape[0], sigma_vox, order)[rows] / coarse_mm**order
-        operators[order] = (back @ derivative @ subsampled).astype(np.float32)
+        derivative = _filter_matrix(coarse_size, sigma_vox, order)[rows] / coarse_mm**order
+        if subsampled is not None:
+            back = _interpolation_matrix(rows.stop - rows.start, factor, core.stop - core.start)
+            derivative = back @ derivative @ subsampled
+        operators[order] = derivative.astype(np.float32)
     return operators
 
 
@@ -210,6 +214,30 @@ def apply_along(matrix: np.ndarray, volume: np.ndarray, axis: int) -> np.ndarray
             flat = volume.reshape(-1, volume.shape[2])[:, columns]
             result[..., rows] = (flat @ block.T).reshape(*volume.shape[:2], -1)
     return result
+
+
+# BLAS's thread limit belongs to the process, so overlapping stages share one limit: the first
+# to start sets it and the last to finish restores it.
+_BLAS_LOCK = threading.Lock()
+_blas_stages = 0
+_blas_limit: threadpool_limits | None = None
+
+
+@contextmanager
+def _blas_on_one_thread() -> Iterator[None]:
+    global _blas_stages, _blas_limit
+    with _BLAS_LOCK:
+        if _blas_stages == 0:
+            _blas_limit = threadpool_limits(limits=1, user_api="blas")
+        _blas_stages += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _blas_stages -= 1
+            if _blas_stages == 0:
+                _blas_limit.restore_original_limits()
+                _blas_limit = None
 
 
 def _map(function: Callable, items: Iterable, executor: Executor | None) -> Iterator:
@@ -423,6 +451,13 @@ def multiscale_blob_response(
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     volume = np.asarray(volume, dtype=np.float32)
+    non_finite = volume.size - np.count_nonzero(np.isfinite(volume))
+    if non_finite:
+        # A block of matrix rows would spread each one over 64 rows of output.
+        raise ValueError(
+            f"volume has {non_finite} NaN or infinite voxels. Replace them first (the pipeline "
+            "sets them to air)."
+        )
     spacing = np.asarray(spacing_zyx_mm, dtype=np.float64)
     if core is None:
         core = tuple(slice(0, size) for size in volume.shape)
@@ -433,8 +468,10 @@ def multiscale_blob_response(
     bright = np.zeros(core_shape, dtype=np.float32)
     # The matrix products run one per thread of this stage's own pool: BLAS's threads would
     # add to them, so they are limited to one while the stage runs.
+    # NOTE: the limit holds for the whole process, so other threads' numpy matrix products also
+    # run on one thread while any Hessian stage runs.
     pool = ThreadPoolExecutor(threads) if threads > 1 else nullcontext()
-    with pool as executor, threadpool_limits(limits=1, user_api="blas"):
+    with pool as executor, _blas_on_one_thread():
         for sigma_mm in scales_mm:
             factors = pyramid_factors(spacing, sigma_mm, pyramid_min_sigma_vox) if pyramid else (1, 1, 1)
 

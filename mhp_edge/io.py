@@ -93,6 +93,11 @@ def _read_with_itk(path: Path) -> tuple[sitk.Image, NiftiInspection | None]:
             image, error = None, err
         findings = inspection.result()
 
+    if error is not None and findings is not None and findings.version == 2:
+        raise InputImageError(
+            f"{path}: a NIfTI-2 file, which ITK could not read ({_first_line(error)}). "
+            "Save it as NIfTI-1, for example with nibabel's Nifti1Image."
+        ) from error
     if error is not None:
         raise InputImageError(
             f"{path}: cannot be read as an image ({_first_line(error)}). "

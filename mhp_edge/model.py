@@ -151,7 +151,8 @@ def load_model(path: Path, *, threads: int) -> LoadedModel:
         session = ort.InferenceSession(
             proto.SerializeToString(),
             # Tiles change shape from call to call. With the arena, radctt_2144 peaked at about
-            # 1.4 GB, and without it at about 1.0 GB, for about 0.2 s more tumour inference.
+            # 1.4 GB, and without it at about 1.0 GB (0.9 GB with the former windows), for about
+            # 0.2 s more tumour inference.
             sess_options=session_options(threads, arena=metadata.tile_max_vox is None),
             providers=["CPUExecutionProvider"],
         )

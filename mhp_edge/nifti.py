@@ -10,6 +10,7 @@ its CRC. ISA-L decompresses: 0.18 s for the 32 MB ircadb_01 file, against 0.47 s
 
 from __future__ import annotations
 
+import gzip
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,16 +34,19 @@ class NiftiInspection:
     ----------
     non_finite_indices : ndarray of int64
         Flat indices (x fastest, as stored) of NaN or infinite voxels; empty for integer data.
+    version : int
+        NIfTI version from the header size: 1, or 2 (whose voxels are not inspected).
     """
 
     non_finite_indices: np.ndarray
+    version: int = 1
 
 
 def inspect_nifti(path: Path) -> NiftiInspection | None:
     """Check a ``.nii`` or ``.nii.gz`` file's length and find its non-finite voxels.
 
-    Returns None for files that are not NIfTI-1 (NIfTI-2, or not NIfTI at all); the reader then
-    reports them.
+    Returns None for files that are not NIfTI at all, and an inspection with ``version`` 2 and no
+    voxel checks for NIfTI-2; the reader then reports them.
 
     Raises
     ------
@@ -54,6 +58,8 @@ def inspect_nifti(path: Path) -> NiftiInspection | None:
     try:
         with igzip.open(path, "rb") if compressed else open(path, "rb") as stream:
             header = stream.read(_HEADER_BYTES)
+            if _is_nifti2(header):
+                return NiftiInspection(np.zeros(0, dtype=np.int64), version=2)
             layout = _parse_header(header)
             if layout is None:
                 _drain(stream)
@@ -61,6 +67,17 @@ def inspect_nifti(path: Path) -> NiftiInspection | None:
             expected_bytes, offset, dtype = layout
             stream.read(max(0, offset - _HEADER_BYTES))
             found_bytes, non_finite = _scan_voxels(stream, dtype)
+    except PermissionError as err:
+        raise InputImageError(f"{path}: permission denied ({err}). Check the file's permissions.") from err
+    except gzip.BadGzipFile as err:
+        if str(err).startswith("Not a gzipped file"):
+            raise InputImageError(
+                f"{path}: not gzip data, although the name ends in .gz. If it is an uncompressed "
+                "NIfTI file, rename it to .nii."
+            ) from err
+        raise InputImageError(
+            f"{path}: the gzip data is truncated or corrupt ({err}). Copy or export the file again."
+        ) from err
     except (EOFError, OSError, zlib.error, isal_zlib.error) as err:
         raise InputImageError(
             f"{path}: the gzip data is truncated or corrupt ({err}). Copy or export the file again."
@@ -72,6 +89,12 @@ def inspect_nifti(path: Path) -> NiftiInspection | None:
             f"data, the file holds {found_bytes}. Copy or export the file again."
         )
     return NiftiInspection(non_finite)
+
+
+def _is_nifti2(header: bytes) -> bool:
+    """Return True for a NIfTI-2 header: size 540 in either byte order, then the magic n+2 or ni2."""
+    sizes = ((540).to_bytes(4, "little"), (540).to_bytes(4, "big"))
+    return header[:4] in sizes and header[4:7] in (b"n+2", b"ni2")
 
 
 def _parse_header(header: bytes) -> tuple[int, int, np.dtype | None] | None:

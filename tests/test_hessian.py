@@ -1,8 +1,12 @@
 """Multi-scale Hessian blob enhancement: eigenvalues, scale selection, symmetry, units."""
 
+import threading
+import time
+
 import numpy as np
 import pytest
 from scipy import ndimage
+from threadpoolctl import threadpool_info
 
 from mhp_edge.hessian import (
     apply_along,
@@ -213,10 +217,38 @@ def test_axis_operator_equals_filter_steps(order):
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
 def test_apply_along_equals_dense_product(axis):
-    # Blocks read only their band of columns; the product must equal the dense one.
-    rng = np.random.default_rng(axis)
-    volume = rng.normal(size=(70, 90, 80)).astype(np.float32)
-    matrix = axis_operators(volume.shape[axis], slice(5, 65), 1.0, 3.0, 1)[2]
+    # 140 output rows take three blocks, and each block reads only its band of columns.
+    shape = [12, 14, 16]
+    shape[axis] = 150
+    volume = np.random.default_rng(axis).normal(size=shape).astype(np.float32)
+    matrix = axis_operators(150, slice(5, 145), 1.0, 3.0, 1)[2]
 
     dense = np.moveaxis(np.tensordot(matrix, volume, axes=([1], [axis])), 0, axis)
     np.testing.assert_allclose(apply_along(matrix, volume, axis), dense, rtol=1e-4, atol=1e-5)
+
+
+def test_rejects_non_finite_voxels():
+    volume = np.zeros((8, 8, 8), dtype=np.float32)
+    volume[4, 4, 4] = np.nan
+    with pytest.raises(ValueError, match="1 NaN or infinite voxels"):
+        multiscale_blob_response(volume, (1.0, 1.0, 1.0), SCALES_MM)
+
+
+def test_overlapping_stages_restore_blas_threads():
+    # The BLAS limit is process-wide. A stage that starts while another runs and ends after it
+    # must still leave the limit as it was before both.
+    before = [entry["num_threads"] for entry in threadpool_info() if entry["user_api"] == "blas"]
+    rng = np.random.default_rng(5)
+    shorter, longer = (rng.normal(size=shape).astype(np.float32) for shape in ((24, 64, 64), (48, 128, 128)))
+    spacing_zyx_mm, scales_mm = (2.5, 1.25, 1.25), (3.0, 6.0, 12.0)
+    first = threading.Thread(target=multiscale_blob_response, args=(shorter, spacing_zyx_mm, scales_mm))
+    second = threading.Thread(target=multiscale_blob_response, args=(longer, spacing_zyx_mm, scales_mm))
+
+    first.start()
+    time.sleep(0.02)
+    second.start()
+    first.join()
+    second.join()
+
+    after = [entry["num_threads"] for entry in threadpool_info() if entry["user_api"] == "blas"]
+    assert after == before

@@ -88,6 +88,31 @@ def test_corrupt_byte_in_gzip(tmp_path):
         read_image(path)
 
 
+def test_uncompressed_nifti_named_gz(tmp_path):
+    plain = tmp_path / "scan.nii"
+    sitk.WriteImage(liver_phantom(), str(plain))
+    path = tmp_path / "scan.nii.gz"
+    path.write_bytes(plain.read_bytes())
+    with pytest.raises(InputImageError, match="rename it to .nii"):
+        read_image(path)
+
+
+def test_nifti2_named_in_error(tmp_path):
+    # A NIfTI-2 header (540 bytes, magic n+2) for a 4 x 4 x 4 int16 volume, then its voxels.
+    header = bytearray(544)
+    header[0:4] = (540).to_bytes(4, "little")
+    header[4:12] = b"n+2\x00\r\n\x1a\n"
+    header[12:14] = (4).to_bytes(2, "little")  # datatype int16
+    header[14:16] = (16).to_bytes(2, "little")  # bits per voxel
+    for index, value in enumerate((3, 4, 4, 4, 1, 1, 1, 1)):
+        header[16 + 8 * index : 24 + 8 * index] = value.to_bytes(8, "little")
+    header[168:176] = (544).to_bytes(8, "little")  # voxel offset
+    path = tmp_path / "scan.nii"
+    path.write_bytes(bytes(header) + bytes(2 * 64))
+    with pytest.raises(InputImageError, match="NIfTI-2"):
+        read_image(path)
+
+
 def test_not_gzip_data(tmp_path):
     path = tmp_path / "scan.nii.gz"
     path.write_bytes(gzip.compress(b"garbage" * 100))
