@@ -215,7 +215,9 @@ def segment(
         Path,
         typer.Argument(
             help="CT scan (.nii, .nii.gz, .nrrd, .mha file or DICOM folder); or, for a batch, a "
-            "folder of image files or a .txt list of scans."
+            "folder of image files or a .txt list of scans.",
+            # The reader reports an unreadable scan itself, with exit code 3 (Click's check: 2).
+            readable=False,
         ),
     ],
     output: Annotated[
@@ -229,7 +231,9 @@ def segment(
     ] = Path("."),
     liver_mask: Annotated[
         Optional[Path],  # noqa: UP045 (typer needs Optional on Python 3.10)
-        typer.Option("--liver-mask", help="Liver mask on the scan's grid; skips the liver model."),
+        typer.Option(
+            "--liver-mask", help="Liver mask on the scan's grid; skips the liver model.", readable=False
+        ),
     ] = None,
     threads: Annotated[
         Optional[int],  # noqa: UP045
