@@ -227,13 +227,16 @@ def _check_graph(session: ort.InferenceSession, metadata: ModelMetadata, path: P
             continue
         if shape[1] != 1:
             problems.append(f"input '{name}' has {shape[1]} channels, expected 1")
+        fixed = []
         for axis, (dim, expected) in enumerate(zip(shape[2:], metadata.patch_shape_vox, strict=True)):
             if isinstance(dim, int) and dim != expected:
                 problems.append(f"input '{name}' axis {axis + 2} is {dim}, metadata patch is {expected}")
             elif isinstance(dim, int) and metadata.tile_max_vox is not None:
-                problems.append(
-                    f"input '{name}' axis {axis + 2} is fixed at {dim}, but tile_max_vox asks for "
-                    "tiles of any shape; export the spatial axes as dynamic"
-                )
+                fixed.append(f"{axis + 2} ({dim})")
+        if fixed:
+            problems.append(
+                f"input '{name}' has fixed spatial axes {', '.join(fixed)}, but tile_max_vox asks for "
+                "tiles of any shape. Export the spatial axes as dynamic"
+            )
     if problems:
         raise ModelError(f"{path}: graph does not match its metadata: " + "; ".join(problems) + ".")

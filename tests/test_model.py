@@ -164,7 +164,7 @@ def test_inconsistent_metadata_rejected(changes, message):
 def test_tiled_metadata_fixed_graph_rejected(tmp_path):
     metadata = make_metadata("liver", tile_max_vox=(16, 32, 32), tile_multiple_vox=(8, 8, 8))
     path = write_linear_model(tmp_path, "liver.onnx", metadata)
-    with pytest.raises(ModelError, match="export the spatial axes as dynamic"):
+    with pytest.raises(ModelError, match="Export the spatial axes as dynamic"):
         load_model(path, threads=1)
 
 
