@@ -3,7 +3,7 @@
 Usage::
 
     python -m export.model_card [--models models] [--loco benchmarks/results/loco.json]
-        [--tumour-loco benchmarks/results/tumour_loco.json]
+        [--tumour-loco benchmarks/results/tumour_loco_steps819.json]
         [--ablation benchmarks/results/tumour_ablation.json]
         [--liver-loco benchmarks/results/liver_loco_tiles.json]
 
@@ -116,10 +116,11 @@ def render_tumour_accuracy(results: dict[str, Any] | None, *, title: str, note: 
     """Return the Markdown lines of a ``benchmarks.tumour_ablation`` result: one row per variant."""
     if results is None:
         return [f"## {title}", "", "Not measured yet: run `python -m benchmarks.tumour_ablation`.", ""]
+    budget = f"{results['steps']} optimiser steps" if results.get("steps") else f"{results['minutes']:g} min"
     lines = [
         f"## {title}",
         "",
-        f"Command: `{results['command']}`. Each fold trained for {results['minutes']:g} min on "
+        f"Command: `{results['command']}`. Each fold trained for {budget} on "
         f"{results.get('threads', 1)} thread(s) of the 2-core machine. {note} Threshold and minimum",
         "lesion volume were chosen on the other held-out cases, never on the scored one. The",
         "held-out scan is segmented inside its reference liver, so these numbers measure the",
@@ -287,7 +288,9 @@ def render(
         _read_json(tumour_loco_path),
         title="Tumour accuracy of the current training recipe (leave-one-case-out)",
         note="This is the recipe that `python -m export.train` trains. The shipped tumour model is "
-        "this recipe trained on all six cases, for about the same number of steps as each fold.",
+        "this recipe trained on all six cases, for about the same number of steps as each fold. The "
+        "held-out scans ran on tiles, as the shipped model does (the same fold models on windows: "
+        "`benchmarks/results/tumour_loco_steps819_windows.md`).",
     )
     lines += render_tumour_accuracy(
         _read_json(ablation_path.with_name("tumour_ablation_9min.json")),
@@ -311,7 +314,7 @@ def main() -> None:
     parser.add_argument("--models", type=Path, default=REPO_ROOT / "models")
     parser.add_argument("--loco", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "loco.json")
     results = REPO_ROOT / "benchmarks" / "results"
-    parser.add_argument("--tumour-loco", type=Path, default=results / "tumour_loco.json")
+    parser.add_argument("--tumour-loco", type=Path, default=results / "tumour_loco_steps819.json")
     parser.add_argument("--ablation", type=Path, default=results / "tumour_ablation.json")
     parser.add_argument("--liver-loco", type=Path, default=results / "liver_loco_tiles.json")
     arguments = parser.parse_args()
