@@ -74,9 +74,9 @@ LIVER_BOUNDARY = BoundarySpec(
 LIVER_TILE_MAX_VOX = (96, 192, 192)
 LIVER_TILE_MULTIPLE_VOX = (8, 8, 8)
 # The tumour network downsamples by 4 in z and 8 in-plane, so it takes tiles too. One tile covers
-# most liver crops (160 x 240 x 240 mm). On ircadb_01 its crop took 1.2 s as tiles against
-# 2.2 s as 32 x 96 x 96 windows (2 threads): the windows overlap and cover the crop about three
-# times. On leave-one-case-out folds, the same fold models gave tumour Dice 0.201 on tiles and
+# 160 x 240 x 240 mm, and ircadb_01's 175 mm crop takes two tiles of 40 slices. They took 1.2 s
+# against 2.2 s for 32 x 96 x 96 windows (2 threads): the windows overlap and cover the crop about
+# three times. On leave-one-case-out folds, the same fold models gave tumour Dice 0.201 on tiles and
 # 0.195 on windows (500 steps), and 0.374 and 0.380 (819 steps, where windows found one more of
 # the 11 lesions >= 10 mm and 0.2 fewer false positives per scan). Five cases cannot tell these apart.
 TUMOUR_TILE_MAX_VOX = (64, 192, 192)
