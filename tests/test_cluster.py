@@ -353,7 +353,11 @@ def _kill_a_busy_worker_after_first_scan(client: Client, manifest: Path, run: su
     busy = {address: keys for address, keys in client.processing().items() if keys}
     if not busy:
         pytest.fail("every scan finished before a worker could be killed; add scans to the test")
-    address, keys = next(iter(busy.items()))
+    # The worker that finished a scan has just started its next one, so that scan is lost for
+    # certain. Another worker started with it and may finish its own scan before the kill lands.
+    finished_on = [record.worker for record in read_manifest(manifest) if record.status == "done"]
+    address = next((worker for worker in finished_on if worker in busy), next(iter(busy)))
+    keys = busy[address]
     pid = client.run(os.getpid, workers=[address])[address]
     # The group contains the nanny and its worker, so the nanny cannot restart the worker in place.
     os.killpg(os.getpgid(pid), signal.SIGKILL)
