@@ -216,7 +216,7 @@ def segment(
         typer.Argument(
             help="CT scan (.nii, .nii.gz, .nrrd, .mha file or DICOM folder); or, for a batch, a "
             "folder of image files or a .txt list of scans.",
-            # The reader reports an unreadable scan itself, with exit code 3 (Click's check: 2).
+            # The reader reports an unreadable scan with exit code 3. Click's own check exits 2.
             readable=False,
         ),
     ],

@@ -79,10 +79,10 @@ def read_image(path: Path, *, series_uid: str | None = None) -> sitk.Image:
 def _read_with_itk(path: Path) -> tuple[sitk.Image, NiftiInspection | None]:
     """Read an image file with ITK and, for NIfTI, check it with ``inspect_nifti`` meanwhile.
 
-    The check decompresses the file a second time, so it runs in a thread beside ITK's read
-    (both release the GIL). ircadb_01 (32 MB gzip) took 0.36 s to read, against 0.78 s for the
-    check with zlib followed by ITK's read. The check's findings come first: a truncated or corrupt file is
-    reported as such even when ITK read it.
+    The check decompresses the file a second time, so it runs in a thread while ITK reads, and
+    the two overlap in time. ircadb_01 (32 MB gzip) took 0.36 s to read, against 0.78 s for the
+    check with zlib followed by ITK's read. The check's findings come first: a truncated or
+    corrupt file is reported as such even when ITK read it.
     """
     check = inspect_nifti if image_suffix(path) in (".nii", ".nii.gz") else lambda _: None
     with ThreadPoolExecutor(1) as pool:

@@ -150,9 +150,8 @@ def load_model(path: Path, *, threads: int) -> LoadedModel:
     try:
         session = ort.InferenceSession(
             proto.SerializeToString(),
-            # Tiles change shape from call to call. With the arena, radctt_2144 peaked at about
-            # 1.4 GB, and without it at about 1.0 GB (0.9 GB with the former windows), for about
-            # 0.2 s more tumour inference.
+            # Tiles change shape from call to call. radctt_2144 peaked at about 1.4 GB with the
+            # arena and 1.0 GB without it (0.9 GB with windows). Tumour inference took 0.2 s longer.
             sess_options=session_options(threads, arena=metadata.tile_max_vox is None),
             providers=["CPUExecutionProvider"],
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -69,6 +70,20 @@ NETWORKS = {
 }
 
 
+def export_with_card(network, metadata, model_path: Path) -> Path:
+    """Export a network to ONNX with a card that names one training case, and return the card's path."""
+    export_onnx(network, metadata, model_path)
+    return write_card(
+        model_path,
+        metadata,
+        architecture=type(network).__name__,
+        parameters=count_parameters(network),
+        training_cases=["ircadb_01"],
+        licences=licences_for(["ircadb_01"]),
+        intended_use=INTENDED_USE,
+    )
+
+
 @pytest.fixture(scope="module", params=sorted(NETWORKS))
 def exported(request, tmp_path_factory):
     """An untrained network of each kind, exported to ONNX with its card."""
@@ -89,16 +104,7 @@ def exported(request, tmp_path_factory):
     metadata = small_metadata(variant)
     model_path = tmp_path_factory.mktemp(variant) / f"{variant}.onnx"
 
-    export_onnx(network, metadata, model_path)
-    card_path = write_card(
-        model_path,
-        metadata,
-        architecture=type(network).__name__,
-        parameters=count_parameters(network),
-        training_cases=["ircadb_01"],
-        licences=licences_for(["ircadb_01"]),
-        intended_use=INTENDED_USE,
-    )
+    card_path = export_with_card(network, metadata, model_path)
     return network, metadata, model_path, card_path
 
 
@@ -547,16 +553,7 @@ def test_set_tiles_windowed_model(task, tmp_path):
     network = NETWORKS[task]().eval()
     metadata = replace(small_metadata(task), tile_max_vox=None)
     model_path = tmp_path / f"{task}.onnx"
-    export_onnx(network, metadata, model_path)
-    write_card(
-        model_path,
-        metadata,
-        architecture=type(network).__name__,
-        parameters=count_parameters(network),
-        training_cases=["ircadb_01"],
-        licences=licences_for(["ircadb_01"]),
-        intended_use=INTENDED_USE,
-    )
+    export_with_card(network, metadata, model_path)
 
     tile_max_vox, _ = set_tiles(model_path)
 
