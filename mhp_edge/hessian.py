@@ -160,9 +160,38 @@ def axis_operators(
     return operators
 
 
-def _filter_matrix(size_vox: int, sigma_vox: float, order: int) -> np.ndarray:
-    """Return the (size, size) float64 matrix of one sampled filter on a line, edges repeated."""
-    return ndimage.correlate1d(np.eye(size_vox), _weights(sigma_vox, order), axis=0, mode="nearest")
+def _filter_matrix(size_vox: int, sigma_vox: float, order: int, mode: str = "nearest") -> np.ndarray:
+    """Return the (size, size) float64 matrix of one sampled filter on a line.
+
+    ``mode`` is ``scipy.ndimage``'s border rule; the default repeats the edge voxel.
+    """
+    return ndimage.correlate1d(np.eye(size_vox), _weights(sigma_vox, order), axis=0, mode=mode)
+
+
+def gaussian_smooth(volume: np.ndarray, sigma_vox: Sequence[float], *, mode: str = "nearest") -> np.ndarray:
+    """Smooth a volume with a separable Gaussian, one banded matrix product per axis.
+
+    Parameters
+    ----------
+    volume : ndarray of shape (Z, Y, X), any real dtype
+    sigma_vox : sequence of 3 floats
+        Standard deviation per axis in voxels; an axis with 0 is left alone.
+    mode : str
+        Border rule of ``scipy.ndimage`` (``"nearest"``, ``"reflect"``, ...).
+
+    Returns
+    -------
+    ndarray of shape (Z, Y, X), float32
+        Equal to ``scipy.ndimage.gaussian_filter`` with the same mode to float32 rounding. On one
+        thread it took 0.6 times as long (sigma of about 1 voxel, a 110 x 153 x 185 volume).
+    """
+    result = volume.astype(np.float32, copy=False)
+    with _blas_on_one_thread():
+        for axis, sigma in enumerate(sigma_vox):
+            if sigma > 0:
+                matrix = _filter_matrix(result.shape[axis], float(sigma), 0, mode)
+                result = apply_along(matrix.astype(np.float32), result, axis)
+    return result
 
 
 def _interpolation_matrix(coarse_count: int, factor: int, fine_count: int) -> np.ndarray:

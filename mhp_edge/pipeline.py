@@ -21,6 +21,7 @@ from scipy import ndimage
 from mhp_edge.errors import ConfigurationError, InputImageError, LiverMaskError
 from mhp_edge.io import same_grid
 from mhp_edge.liver_boundary import (
+    fill_holes,
     in_plane_step,
     largest_component,
     refine_liver_boundary,
@@ -340,7 +341,7 @@ class Segmenter:
         component = largest_component(probability > metadata.threshold)
         if not component.any():
             return np.zeros(sitk.GetArrayViewFromImage(scan).shape, dtype=bool)
-        filled = ndimage.binary_fill_holes(component)
+        filled = fill_holes(component)
         keep = ndimage.binary_dilation(filled, iterations=1)
         probability = np.where(keep, probability, np.float32(0))
         probability[filled & ~component] = 1.0

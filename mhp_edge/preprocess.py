@@ -185,9 +185,12 @@ def upsample_linear(
         shape = [1, 1, 1]
         shape[axis] = -1
         fraction = fraction.reshape(shape)
-        partial = (
-            np.take(partial, low, axis=axis) * (1 - fraction) + np.take(partial, high, axis=axis) * fraction
-        )
+        lower = np.take(partial, low, axis=axis)
+        lower *= 1 - fraction
+        upper = np.take(partial, high, axis=axis)
+        upper *= fraction
+        lower += upper
+        partial = lower
 
     low, high, fraction, _ = axes[0]
     result = np.empty(tuple(points_shape), dtype=np.float32)

@@ -12,6 +12,7 @@ from mhp_edge.hessian import (
     apply_along,
     axis_operators,
     gaussian_derivative_kernel,
+    gaussian_smooth,
     multiscale_blob_response,
     symmetric_eigenvalues,
 )
@@ -225,6 +226,16 @@ def test_apply_along_equals_dense_product(axis):
 
     dense = np.moveaxis(np.tensordot(matrix, volume, axes=([1], [axis])), 0, axis)
     np.testing.assert_allclose(apply_along(matrix, volume, axis), dense, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "reflect"])
+def test_gaussian_smooth_equals_scipy(mode):
+    volume = np.random.default_rng(3).normal(0.0, 50.0, size=(6, 90, 70)).astype(np.int16)
+    sigma_vox = (0.0, 0.9, 2.5)
+
+    expected = ndimage.gaussian_filter(volume.astype(np.float32), sigma_vox, mode=mode)
+
+    np.testing.assert_allclose(gaussian_smooth(volume, sigma_vox, mode=mode), expected, atol=1e-3)
 
 
 def test_rejects_non_finite_voxels():

@@ -6,7 +6,14 @@ from scipy import ndimage
 
 from export.contract import LIVER_BOUNDARY
 from mhp_edge.evaluate import dice
-from mhp_edge.liver_boundary import in_plane_step, refine_liver_boundary, signed_distance_mm
+from mhp_edge.liver_boundary import (
+    _copy_changed_blocks,
+    fill_holes,
+    in_plane_step,
+    largest_component,
+    refine_liver_boundary,
+    signed_distance_mm,
+)
 
 SPACING_ZYX_MM = (2.0, 0.8, 0.8)
 
@@ -120,3 +127,37 @@ def test_empty_core_returns_the_model_mask():
     refined = refine_liver_boundary(phantom_ct(model), model, distance_mm, SPACING_ZYX_MM, LIVER_BOUNDARY)
 
     assert (refined == model).all()
+
+
+def random_blobs(shape=(20, 40, 50), seed=0) -> np.ndarray:
+    """Return a bool mask of many small components, some with holes and some touching the border."""
+    noise = np.random.default_rng(seed).normal(size=shape)
+    return ndimage.gaussian_filter(noise, 1.5) > 0.05
+
+
+def test_fill_holes_equals_scipy():
+    mask = random_blobs()
+
+    assert (fill_holes(mask) == ndimage.binary_fill_holes(mask)).all()
+    assert (fill_holes(~mask) == ndimage.binary_fill_holes(~mask)).all()
+
+
+def test_largest_component_equals_scipy():
+    mask = random_blobs(seed=1)
+    labelled, _ = ndimage.label(mask)
+    sizes = np.bincount(labelled.ravel())
+    sizes[0] = 0
+
+    assert (largest_component(mask) == (labelled == sizes.argmax())).all()
+    assert not largest_component(np.zeros((3, 4, 5), dtype=bool)).any()
+
+
+@pytest.mark.parametrize("step", [2, 3])
+def test_changed_blocks_replace_the_fine_mask(step):
+    # The fine mask's rows and columns are not whole multiples of step, so the last blocks are cut.
+    fine = random_blobs(shape=(4, 31, 29), seed=2)
+    grid = random_blobs(shape=(4, 31, 29), seed=3)[:, ::step, ::step]
+    expanded = np.repeat(np.repeat(grid, step, axis=1), step, axis=2)[:, :31, :29]
+    changed = np.repeat(np.repeat(grid != fine[:, ::step, ::step], step, axis=1), step, axis=2)[:, :31, :29]
+
+    assert (_copy_changed_blocks(grid, fine, step) == np.where(changed, expanded, fine)).all()
