@@ -160,36 +160,41 @@ def axis_operators(
     return operators
 
 
-def _filter_matrix(size_vox: int, sigma_vox: float, order: int, mode: str = "nearest") -> np.ndarray:
-    """Return the (size, size) float64 matrix of one sampled filter on a line.
-
-    ``mode`` is ``scipy.ndimage``'s border rule; the default repeats the edge voxel.
-    """
-    return ndimage.correlate1d(np.eye(size_vox), _weights(sigma_vox, order), axis=0, mode=mode)
+def _filter_matrix(size_vox: int, sigma_vox: float, order: int) -> np.ndarray:
+    """Return the (size, size) float64 matrix of one sampled filter on a line, edges repeated."""
+    return ndimage.correlate1d(np.eye(size_vox), _weights(sigma_vox, order), axis=0, mode="nearest")
 
 
-def gaussian_smooth(volume: np.ndarray, sigma_vox: Sequence[float], *, mode: str = "nearest") -> np.ndarray:
+def gaussian_smooth(volume: np.ndarray, sigma_vox: Sequence[float], *, mode: str = "reflect") -> np.ndarray:
     """Smooth a volume with a separable Gaussian, one banded matrix product per axis.
 
     Parameters
     ----------
     volume : ndarray of shape (Z, Y, X), any real dtype
     sigma_vox : sequence of 3 floats
-        Standard deviation per axis in voxels; an axis with 0 is left alone.
+        Standard deviation per axis in voxels. An axis with 0 is left alone.
     mode : str
-        Border rule of ``scipy.ndimage`` (``"nearest"``, ``"reflect"``, ...).
+        Border rule of ``scipy.ndimage``, such as ``"reflect"`` (its default) or ``"nearest"``.
 
     Returns
     -------
     ndarray of shape (Z, Y, X), float32
-        Equal to ``scipy.ndimage.gaussian_filter`` with the same mode to float32 rounding. On one
-        thread it took 0.6 times as long (sigma of about 1 voxel, a 110 x 153 x 185 volume).
+        A new array, equal to ``scipy.ndimage.gaussian_filter`` with the same mode to float32
+        rounding. On one thread of a 2-vCPU x86_64 machine it took 0.6 times as long (sigma of
+        about 1 voxel, a 110 x 153 x 185 volume).
     """
-    result = volume.astype(np.float32, copy=False)
+    if volume.ndim != 3 or len(sigma_vox) != 3:
+        raise ValueError(
+            f"gaussian_smooth needs a 3D volume and 3 sigmas, got shape {volume.shape} and "
+            f"sigma_vox {tuple(sigma_vox)}."
+        )
+
+    result = np.array(volume, dtype=np.float32)
     with _blas_on_one_thread():
         for axis, sigma in enumerate(sigma_vox):
-            if sigma > 0:
-                matrix = _filter_matrix(result.shape[axis], float(sigma), 0, mode)
+            if sigma > 0 and result.size:
+                kernel = gaussian_derivative_kernel(float(sigma), 0)
+                matrix = ndimage.correlate1d(np.eye(result.shape[axis]), kernel, axis=0, mode=mode)
                 result = apply_along(matrix.astype(np.float32), result, axis)
     return result
 

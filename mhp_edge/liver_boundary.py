@@ -141,14 +141,15 @@ def _smooth_in_plane(
 ) -> np.ndarray:
     """Smooth each slice with a Gaussian and return float32. Slices can be thick, so z is left alone."""
     sigma_vox = (0.0, sigma_mm / spacing_zyx_mm[1], sigma_mm / spacing_zyx_mm[2])
-    return gaussian_smooth(hu, sigma_vox, mode="reflect")
+    return gaussian_smooth(hu, sigma_vox)
 
 
 def _label(mask: np.ndarray) -> np.ndarray:
     """Return the 6-connected components of a bool (z, y, x) mask as uint32 labels 1, 2, ... in raster order.
 
-    On one thread SimpleITK's labelling took about half the time of ``scipy.ndimage.label`` (a
-    110 x 153 x 185 mask), and it runs on as many threads as the process's CPU quota allows.
+    On one thread of a 2-vCPU x86_64 machine SimpleITK's labelling took about half the time of
+    ``scipy.ndimage.label`` (a 110 x 153 x 185 mask). It runs on as many threads as the process's
+    CPU quota allows.
     """
     labeller = sitk.ConnectedComponentImageFilter()
     labeller.SetNumberOfThreads(available_cpu_count())
@@ -158,6 +159,8 @@ def _label(mask: np.ndarray) -> np.ndarray:
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """Return the largest 6-connected component of a bool mask (the mask itself when it has at most one)."""
+    if mask.size == 0:
+        return mask
     labelled = _label(mask)
     sizes = np.bincount(labelled.ravel())
     if sizes.size <= 2:
@@ -172,9 +175,12 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     Equal to ``scipy.ndimage.binary_fill_holes`` with its default 6-connectivity, in one labelling
     pass instead of its propagation, which repeats dilations across the whole box.
     """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.size == 0:
+        return mask
     labelled = _label(~mask)
     count = int(labelled.max())
-    if count <= 1:
+    if count == 0:
         return mask
     on_border = np.zeros(count + 1, dtype=bool)
     for axis in range(mask.ndim):

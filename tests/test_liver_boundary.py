@@ -137,9 +137,19 @@ def random_blobs(shape=(20, 40, 50), seed=0) -> np.ndarray:
 
 def test_fill_holes_equals_scipy():
     mask = random_blobs()
+    enclosed = np.ones((5, 5, 5), dtype=bool)
+    enclosed[2, 2, 2] = False
 
     assert (fill_holes(mask) == ndimage.binary_fill_holes(mask)).all()
     assert (fill_holes(~mask) == ndimage.binary_fill_holes(~mask)).all()
+    assert fill_holes(enclosed).all()
+
+
+def test_empty_arrays_returned_unchanged():
+    empty = np.zeros((0, 4, 5), dtype=bool)
+
+    assert fill_holes(empty).shape == (0, 4, 5)
+    assert largest_component(empty).shape == (0, 4, 5)
 
 
 def test_largest_component_equals_scipy():
