@@ -30,6 +30,7 @@ from mhp_edge.liver_boundary import (
 from mhp_edge.model import LoadedModel, available_cpu_count, load_model
 from mhp_edge.plausibility import (
     anatomy_warnings,
+    intensity_percentiles,
     intensity_warnings,
     is_nearly_constant,
     liver_volume_warnings,
@@ -183,12 +184,12 @@ class Segmenter:
 
         with timer.stage("prepare"):
             _check_scan(image)
-            scan = _prepare_scan(image, warnings)
+            scan, nearly_constant = _prepare_scan(image, warnings)
 
         with timer.stage("liver"):
             if liver_mask is not None:
                 liver, liver_source = _oriented_liver_mask(liver_mask, image), "mask"
-            elif is_nearly_constant(sitk.GetArrayViewFromImage(scan)):
+            elif nearly_constant:
                 liver, liver_source = np.zeros(sitk.GetArrayViewFromImage(scan).shape, dtype=bool), "model"
             else:
                 liver, liver_source = self._find_liver(scan, progress), "model"
@@ -308,9 +309,11 @@ class Segmenter:
             uint8, 1 = liver, with the input's exact grid; all 0 when no liver is found.
         """
         _check_scan(image)
-        scan = _prepare_scan(image, [])
-        hu = sitk.GetArrayViewFromImage(scan)
-        liver = np.zeros(hu.shape, dtype=bool) if is_nearly_constant(hu) else self._find_liver(scan, None)
+        scan, nearly_constant = _prepare_scan(image, [])
+        if nearly_constant:
+            liver = np.zeros(sitk.GetArrayViewFromImage(scan).shape, dtype=bool)
+        else:
+            liver = self._find_liver(scan, None)
         return _to_input_grid(liver.astype(np.uint8), scan, image)
 
     def model_ids(self) -> dict[str, dict]:
@@ -419,7 +422,7 @@ class Segmenter:
             float32 probability in [0, 1] with the input's exact grid.
         """
         _check_scan(image)
-        scan = _prepare_scan(image, [])
+        scan, _ = _prepare_scan(image, [])
         liver = _oriented_liver_mask(liver_mask, image)
         probability = np.zeros(liver.shape, dtype=np.float32)
         if liver.any():
@@ -604,16 +607,18 @@ def _check_scan(image: sitk.Image) -> None:
         )
 
 
-def _prepare_scan(image: sitk.Image, warnings: list[str]) -> sitk.Image:
-    """Clean the scan (see ``clean_scan``) and add plausibility warnings to ``warnings``."""
+def _prepare_scan(image: sitk.Image, warnings: list[str]) -> tuple[sitk.Image, bool]:
+    """Clean the scan (see ``clean_scan``), add plausibility warnings to ``warnings``, and return the
+    clean scan and whether it is nearly constant."""
     cleaned = clean_scan(image)
     if cleaned.non_finite_vox:
         warnings.append(
             f"{cleaned.non_finite_vox} non-finite voxels (NaN or infinite) were replaced with air."
         )
     warnings.extend(spacing_warnings(cleaned.image))
-    warnings.extend(intensity_warnings(sitk.GetArrayViewFromImage(cleaned.image)))
-    return cleaned.image
+    percentiles = intensity_percentiles(sitk.GetArrayViewFromImage(cleaned.image))
+    warnings.extend(intensity_warnings(percentiles))
+    return cleaned.image, is_nearly_constant(percentiles)
 
 
 def _touches_edge(mask: np.ndarray) -> bool:

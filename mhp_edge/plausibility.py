@@ -65,27 +65,33 @@ def intensity_sample(hu: np.ndarray) -> np.ndarray:
     return in_plane[::step]
 
 
-def is_nearly_constant(hu: np.ndarray) -> bool:
-    """Return True when the 1st and 99th percentiles of a scan are less than 1 HU apart."""
-    sample = intensity_sample(hu)
-    if sample.size == 0:
-        return True
-    low, high = np.percentile(sample, [1, 99])
-    return bool(high - low < 1.0)
-
-
-def intensity_warnings(hu: np.ndarray) -> list[str]:
-    """Return warnings when the values do not look like CT in Hounsfield units.
+def intensity_percentiles(hu: np.ndarray) -> tuple[float, float] | None:
+    """Return the 1st and 99th percentiles of a scan's ``intensity_sample``, None when it has no voxels.
 
     Parameters
     ----------
-    hu : ndarray of shape (Z, Y, X), float32
+    hu : ndarray of shape (Z, Y, X)
         The scan after clean-up (non-finite values already replaced).
     """
     sample = intensity_sample(hu)
     if sample.size == 0:
-        return []
+        return None
     low, high = np.percentile(sample, [1, 99])
+    return float(low), float(high)
+
+
+def is_nearly_constant(percentiles: tuple[float, float] | None) -> bool:
+    """Return True when a scan's 1st and 99th percentiles (``intensity_percentiles``) are less than
+    1 HU apart, or when the scan has no voxels."""
+    return percentiles is None or percentiles[1] - percentiles[0] < 1.0
+
+
+def intensity_warnings(percentiles: tuple[float, float] | None) -> list[str]:
+    """Return warnings when a scan's 1st and 99th percentiles (``intensity_percentiles``) do not look
+    like CT in Hounsfield units."""
+    if percentiles is None:
+        return []
+    low, high = percentiles
     if high - low < 1.0:
         return [f"The image is nearly constant ({low:.0f} to {high:.0f}); there is nothing to segment."]
     if low > _AIR_BELOW_HU:

@@ -171,3 +171,15 @@ def test_changed_blocks_replace_the_fine_mask(step):
     changed = np.repeat(np.repeat(grid != fine[:, ::step, ::step], step, axis=1), step, axis=2)[:, :31, :29]
 
     assert (_copy_changed_blocks(grid, fine, step) == np.where(changed, expanded, fine)).all()
+
+
+def test_signed_distance_equals_exact_transform():
+    mask = random_blobs(seed=4)
+    spacing_zyx_mm = (2.5, 0.7, 0.9)
+    inside = ndimage.distance_transform_edt(mask, sampling=spacing_zyx_mm)
+    outside = ndimage.distance_transform_edt(~mask, sampling=spacing_zyx_mm)
+
+    distance_mm = signed_distance_mm(mask, spacing_zyx_mm)
+
+    assert distance_mm.dtype == np.float32
+    np.testing.assert_allclose(distance_mm, inside - outside, atol=1e-4)

@@ -6,6 +6,7 @@ import SimpleITK as sitk
 
 from mhp_edge.plausibility import (
     anatomy_warnings,
+    intensity_percentiles,
     intensity_sample,
     intensity_warnings,
     liver_volume_warnings,
@@ -48,12 +49,12 @@ def test_left_right_flip_warns():
 
 def test_values_without_rescale_warn():
     hu, _ = torso_phantom()
-    warnings = intensity_warnings(hu + 1024)
+    warnings = intensity_warnings(intensity_percentiles(hu + 1024))
     assert any("do not look like CT in HU" in w for w in warnings)
 
 
 def test_constant_image_warns():
-    assert "nearly constant" in intensity_warnings(np.zeros((4, 8, 8), np.float32))[0]
+    assert "nearly constant" in intensity_warnings(intensity_percentiles(np.zeros((4, 8, 8), np.float32)))[0]
 
 
 @pytest.mark.parametrize(
