@@ -166,8 +166,9 @@ def _smooth_in_plane(
     return gaussian_smooth(hu, sigma_vox)
 
 
-def _label(mask: np.ndarray) -> np.ndarray:
-    """Return the 6-connected components of a bool (z, y, x) mask as uint32 labels 1, 2, ... in raster order.
+def _components(mask: np.ndarray) -> tuple[sitk.Image, int]:
+    """Return the 6-connected components of a bool (z, y, x) mask as a uint32 image of labels 1, 2,
+    ... in raster order, and their count.
 
     On one thread of a 2-vCPU x86_64 machine SimpleITK's labelling took about half the time of
     ``scipy.ndimage.label`` (a 110 x 153 x 185 mask). It runs on as many threads as the process's
@@ -175,20 +176,28 @@ def _label(mask: np.ndarray) -> np.ndarray:
     """
     labeller = sitk.ConnectedComponentImageFilter()
     labeller.SetNumberOfThreads(available_cpu_count())
-    image = sitk.GetImageFromArray(np.asarray(mask, dtype=bool).view(np.uint8))
-    return sitk.GetArrayFromImage(labeller.Execute(image))
+    image = labeller.Execute(sitk.GetImageFromArray(np.asarray(mask, dtype=bool).view(np.uint8)))
+    return image, labeller.GetObjectCount()
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Return the largest 6-connected component of a bool mask (the mask itself when it has at most one)."""
+    """Return the largest 6-connected component of a bool mask (the mask itself when it has at most one).
+
+    Of components of equal size, the first in raster order is kept.
+    """
     if mask.size == 0:
         return mask
-    labelled = _label(mask)
-    sizes = np.bincount(labelled.ravel())
-    if sizes.size <= 2:
+    image, count = _components(mask)
+    if count <= 1:
         return mask
-    sizes[0] = 0
-    return labelled == int(sizes.argmax())
+
+    # The relabelling counts sizes in one pass over the labels, which numpy's bincount would need
+    # a 64-bit copy of the labels for.
+    by_size = sitk.RelabelComponentImageFilter()
+    by_size.SetSortByObjectSize(True)
+    by_size.SetNumberOfThreads(available_cpu_count())
+    largest_first = by_size.Execute(image)
+    return sitk.GetArrayViewFromImage(largest_first) == 1
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -200,10 +209,11 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool)
     if mask.size == 0:
         return mask
-    labelled = _label(~mask)
-    count = int(labelled.max())
+    image, count = _components(~mask)
     if count == 0:
         return mask
+
+    labelled = sitk.GetArrayViewFromImage(image)
     on_border = np.zeros(count + 1, dtype=bool)
     for axis in range(mask.ndim):
         for index in (0, -1):

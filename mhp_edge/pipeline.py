@@ -365,17 +365,15 @@ class Segmenter:
         coarse_spacing, fine_spacing = image_spacing_zyx_mm(coarse), image_spacing_zyx_mm(scan)
         coarse_start_mm, box_start_mm = _start_mm(coarse_box, coarse_spacing), _start_mm(box, fine_spacing)
         box_shape = tuple(part.stop - part.start for part in box)
-        liver_in_box = (
-            upsample_linear(
-                probability[coarse_box],
-                coarse_spacing,
-                coarse_start_mm,
-                fine_spacing,
-                box_start_mm,
-                box_shape,
-                outside=None,
-            )
-            > metadata.threshold
+        liver_in_box = upsample_linear(
+            probability[coarse_box],
+            coarse_spacing,
+            coarse_start_mm,
+            fine_spacing,
+            box_start_mm,
+            box_shape,
+            outside=None,
+            threshold=metadata.threshold,
         )
 
         if metadata.boundary is not None:

@@ -141,6 +141,7 @@ def upsample_linear(
     points_shape: Sequence[int],
     *,
     outside: float | None = 0.0,
+    threshold: float | None = None,
 ) -> np.ndarray:
     """Linearly interpolate a map onto another axis-aligned grid of the same orientation.
 
@@ -161,11 +162,14 @@ def upsample_linear(
     points_shape : sequence of 3 ints
         (z, y, x) shape of the result.
     outside : float or None
-        Value of points beyond the map; None extends the map's edge values.
+        Value of points beyond the map. None extends the map's edge values.
+    threshold : float or None
+        When given, return where the interpolated map exceeds it. Each slice is thresholded while
+        it is in the cache, and no float result is kept.
 
     Returns
     -------
-    ndarray of shape points_shape, float32
+    ndarray of shape points_shape, float32 (bool with ``threshold``)
     """
     axes = [
         _linear_axis(
@@ -193,17 +197,25 @@ def upsample_linear(
         partial = lower
 
     low, high, fraction, _ = axes[0]
-    result = np.empty(tuple(points_shape), dtype=np.float32)
+    result = np.empty(tuple(points_shape), dtype=np.float32 if threshold is None else bool)
+    lower = np.empty(tuple(points_shape[1:]), dtype=np.float32)
+    upper = np.empty_like(lower)
     for index in range(points_shape[0]):
-        np.multiply(partial[low[index]], 1 - fraction[index], out=result[index])
-        result[index] += partial[high[index]] * fraction[index]
+        np.multiply(partial[low[index]], 1 - fraction[index], out=lower)
+        np.multiply(partial[high[index]], fraction[index], out=upper)
+        if threshold is None:
+            np.add(lower, upper, out=result[index])
+        else:
+            lower += upper
+            np.greater(lower, threshold, out=result[index])
 
     if outside is None:
         return result
+    fill = outside if threshold is None else outside > threshold
     inside_z, inside_y, inside_x = (inside for *_, inside in axes)
-    result[~inside_z] = outside
-    result[:, ~inside_y] = outside
-    result[:, :, ~inside_x] = outside
+    result[~inside_z] = fill
+    result[:, ~inside_y] = fill
+    result[:, :, ~inside_x] = fill
     return result
 
 

@@ -158,8 +158,14 @@ def test_largest_component_equals_scipy():
     sizes = np.bincount(labelled.ravel())
     sizes[0] = 0
 
+    twins = np.zeros((3, 4, 9), dtype=bool)
+    twins[1, 1:3, 1:3] = True
+    twins[1, 1:3, 6:8] = True
+
     assert (largest_component(mask) == (labelled == sizes.argmax())).all()
     assert not largest_component(np.zeros((3, 4, 5), dtype=bool)).any()
+    assert largest_component(twins)[:, :, :5].sum() == 4
+    assert not largest_component(twins)[:, :, 5:].any()
 
 
 @pytest.mark.parametrize("step", [2, 3])

@@ -128,3 +128,15 @@ def test_upsample_linear_equals_simpleitk_resample(outside):
     assert (expected == outside).any()
     assert (expected != outside).any()
     np.testing.assert_allclose(result, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("outside", [None, 0.0, 1.0])
+def test_upsample_linear_threshold_equals_comparison(outside):
+    values = np.random.default_rng(1).random((13, 20, 17)).astype(np.float32)
+    grids = ((4.0, 3.0, 3.0), (4.0, 6.0, 15.0), (1.6, 0.57, 0.57), (1.0, 9.99, 13.0), (40, 110, 100))
+
+    probability = upsample_linear(values, *grids, outside=outside)
+    mask = upsample_linear(values, *grids, outside=outside, threshold=0.5)
+
+    assert mask.dtype == bool
+    assert (mask == (probability > 0.5)).all()
