@@ -606,8 +606,10 @@ def _check_scan(image: sitk.Image) -> None:
 
 
 def _prepare_scan(image: sitk.Image, warnings: list[str]) -> tuple[sitk.Image, bool]:
-    """Clean the scan (see ``clean_scan``), add plausibility warnings to ``warnings``, and return the
-    clean scan and whether it is nearly constant."""
+    """Return the cleaned scan (``clean_scan``) and whether it is nearly constant.
+
+    Plausibility warnings are added to ``warnings``.
+    """
     cleaned = clean_scan(image)
     if cleaned.non_finite_vox:
         warnings.append(

@@ -81,14 +81,18 @@ def intensity_percentiles(hu: np.ndarray) -> tuple[float, float] | None:
 
 
 def is_nearly_constant(percentiles: tuple[float, float] | None) -> bool:
-    """Return True when a scan's 1st and 99th percentiles (``intensity_percentiles``) are less than
-    1 HU apart, or when the scan has no voxels."""
+    """Return True when a scan's 1st and 99th percentiles are less than 1 HU apart or it has no voxels.
+
+    ``percentiles`` comes from ``intensity_percentiles``.
+    """
     return percentiles is None or percentiles[1] - percentiles[0] < 1.0
 
 
 def intensity_warnings(percentiles: tuple[float, float] | None) -> list[str]:
-    """Return warnings when a scan's 1st and 99th percentiles (``intensity_percentiles``) do not look
-    like CT in Hounsfield units."""
+    """Return warnings when a scan's 1st and 99th percentiles do not look like CT in HU.
+
+    ``percentiles`` comes from ``intensity_percentiles``.
+    """
     if percentiles is None:
         return []
     low, high = percentiles

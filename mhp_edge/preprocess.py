@@ -164,8 +164,9 @@ def upsample_linear(
     outside : float or None
         Value of points beyond the map. None extends the map's edge values.
     threshold : float or None
-        When given, return where the interpolated map exceeds it. Each slice is thresholded while
-        it is in the cache, and no float result is kept.
+        When given, return a bool mask of the points whose interpolated value is greater than
+        ``threshold``, one slice at a time, with no float result kept. Points beyond the map take
+        ``outside > threshold``.
 
     Returns
     -------
@@ -211,7 +212,7 @@ def upsample_linear(
 
     if outside is None:
         return result
-    fill = outside if threshold is None else outside > threshold
+    fill = outside if threshold is None else bool(np.float32(outside) > threshold)
     inside_z, inside_y, inside_x = (inside for *_, inside in axes)
     result[~inside_z] = fill
     result[:, ~inside_y] = fill
