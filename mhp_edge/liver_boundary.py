@@ -72,6 +72,8 @@ def refine_liver_boundary(
     distance_mm: np.ndarray,
     spacing_zyx_mm: tuple[float, float, float],
     spec: BoundarySpec,
+    *,
+    smoothed_hu: np.ndarray | None = None,
 ) -> np.ndarray:
     """Refine a liver mask's boundary by the HU of the liver's own core.
 
@@ -89,6 +91,9 @@ def refine_liver_boundary(
         Voxel spacing of ``hu`` in mm.
     spec : BoundarySpec
         The liver model's boundary settings.
+    smoothed_hu : ndarray, float32, optional
+        ``smooth_on_grid(hu, spacing_zyx_mm, spec)`` when the caller has computed it already,
+        for example while the distance was being computed.
 
     Returns
     -------
@@ -96,14 +101,10 @@ def refine_liver_boundary(
         The refined liver: one component without holes (on the subsampled grid, when the scan
         is subsampled). ``liver`` itself when its core is empty.
     """
-    # NOTE: the smoothing mixes the last millimetre of liver with the fat beyond it, so an edge
-    # against fat settles up to 1-2 mm inside the organ (a phantom test measures it).
-    # Scans much finer in-plane than spec.grid_mm are refined on every step-th row and column.
-    # The noise of the subsampled HU stays white, so smoothing them afterwards tames it as well.
     step = in_plane_step(spacing_zyx_mm, spec.grid_mm)
     on_grid = (slice(None), slice(None, None, step), slice(None, None, step))
-    grid_spacing_mm = (spacing_zyx_mm[0], spacing_zyx_mm[1] * step, spacing_zyx_mm[2] * step)
-    smoothed_hu = _smooth_in_plane(hu[on_grid], grid_spacing_mm, spec.smooth_mm)
+    if smoothed_hu is None:
+        smoothed_hu = smooth_on_grid(hu, spacing_zyx_mm, spec)
     if distance_mm.shape != smoothed_hu.shape:
         raise ValueError(
             f"distance_mm has shape {distance_mm.shape}, expected the refinement grid's "
@@ -118,6 +119,20 @@ def refine_liver_boundary(
     # A changed grid voxel changes the step x step block it stands for. Elsewhere the liver
     # model's full-resolution surface stays.
     return _copy_changed_blocks(refined, liver, step)
+
+
+def smooth_on_grid(
+    hu: np.ndarray, spacing_zyx_mm: tuple[float, float, float], spec: BoundarySpec
+) -> np.ndarray:
+    """Return the HU that the refinement compares, on its grid: every step-th row and column
+    (``in_plane_step``), smoothed in-plane by ``spec.smooth_mm``, float32."""
+    # NOTE: the smoothing mixes the last millimetre of liver with the fat beyond it, so an edge
+    # against fat settles up to 1-2 mm inside the organ (a phantom test measures it).
+    # Scans much finer in-plane than spec.grid_mm are refined on every step-th row and column.
+    # The noise of the subsampled HU stays white, so smoothing them afterwards tames it as well.
+    step = in_plane_step(spacing_zyx_mm, spec.grid_mm)
+    grid_spacing_mm = (spacing_zyx_mm[0], spacing_zyx_mm[1] * step, spacing_zyx_mm[2] * step)
+    return _smooth_in_plane(hu[:, ::step, ::step], grid_spacing_mm, spec.smooth_mm)
 
 
 def in_plane_step(spacing_zyx_mm: tuple[float, float, float], grid_mm: float) -> int:
@@ -140,7 +155,7 @@ def _refine_on_grid(
     not_liver = (smoothed_hu < spec.tissue_hu[0]) | (smoothed_hu > spec.tissue_hu[1])
 
     refined = (liver & ~(band & not_liver)) | (outer_band & like_liver)
-    return fill_holes(largest_component(refined))
+    return fill_holes(_component_at(refined, int(np.argmax(distance_mm))))
 
 
 def _copy_changed_blocks(grid: np.ndarray, fine: np.ndarray, step: int) -> np.ndarray:
@@ -201,6 +216,20 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     by_size.SetNumberOfThreads(available_cpu_count())
     largest_first = by_size.Execute(image)
     return sitk.GetArrayViewFromImage(largest_first) == 1
+
+
+def _component_at(mask: np.ndarray, flat_index: int) -> np.ndarray:
+    """Return the 6-connected component of a bool mask that contains the voxel at ``flat_index``.
+
+    The refinement keeps the component around the model's deepest voxel, the liver's core. When
+    that voxel has left the mask, it keeps the largest component.
+    """
+    image, _ = _components(mask)
+    labelled = sitk.GetArrayViewFromImage(image)
+    label = labelled.flat[flat_index]
+    if label == 0:
+        return largest_component(mask)
+    return labelled == label
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -26,6 +27,7 @@ from mhp_edge.liver_boundary import (
     largest_component,
     refine_liver_boundary,
     signed_distance_mm,
+    smooth_on_grid,
 )
 from mhp_edge.model import LoadedModel, available_cpu_count, load_model
 from mhp_edge.plausibility import (
@@ -365,22 +367,14 @@ class Segmenter:
         coarse_spacing, fine_spacing = image_spacing_zyx_mm(coarse), image_spacing_zyx_mm(scan)
         coarse_start_mm, box_start_mm = _start_mm(coarse_box, coarse_spacing), _start_mm(box, fine_spacing)
         box_shape = tuple(part.stop - part.start for part in box)
-        liver_in_box = upsample_linear(
-            probability[coarse_box],
-            coarse_spacing,
-            coarse_start_mm,
-            fine_spacing,
-            box_start_mm,
-            box_shape,
-            outside=None,
-            threshold=metadata.threshold,
-        )
+        boundary = metadata.boundary
+        hu_box = sitk.GetArrayViewFromImage(scan)[box]
 
-        if metadata.boundary is not None:
+        def refinement_distance_mm() -> np.ndarray:
             # The distance transform runs on the coarse box around the liver, not the whole scan,
             # and is interpolated onto the refinement's grid (every step-th row and column).
-            step = in_plane_step(fine_spacing, metadata.boundary.grid_mm)
-            distance_mm = upsample_linear(
+            step = in_plane_step(fine_spacing, boundary.grid_mm)
+            return upsample_linear(
                 signed_distance_mm(filled[coarse_box], coarse_spacing),
                 coarse_spacing,
                 coarse_start_mm,
@@ -389,13 +383,32 @@ class Segmenter:
                 (box_shape[0], -(-box_shape[1] // step), -(-box_shape[2] // step)),
                 outside=None,
             )
-            liver_in_box = refine_liver_boundary(
-                sitk.GetArrayViewFromImage(scan)[box],
-                liver_in_box,
-                distance_mm,
+
+        # The refinement's distance and smoothed HU do not depend on the full-resolution mask, so
+        # with two threads or more they are computed beside it.
+        with ThreadPoolExecutor(max_workers=1) if self.threads > 1 else nullcontext() as pool:
+            if boundary is not None:
+                distance_mm = _submit(pool, refinement_distance_mm)
+                smoothed_hu = _submit(pool, smooth_on_grid, hu_box, fine_spacing, boundary)
+            liver_in_box = upsample_linear(
+                probability[coarse_box],
+                coarse_spacing,
+                coarse_start_mm,
                 fine_spacing,
-                metadata.boundary,
+                box_start_mm,
+                box_shape,
+                outside=None,
+                threshold=metadata.threshold,
             )
+            if boundary is not None:
+                liver_in_box = refine_liver_boundary(
+                    hu_box,
+                    liver_in_box,
+                    distance_mm.result(),
+                    fine_spacing,
+                    boundary,
+                    smoothed_hu=smoothed_hu.result(),
+                )
 
         liver = np.zeros(sitk.GetArrayViewFromImage(scan).shape, dtype=bool)
         liver[box] = liver_in_box
@@ -545,6 +558,15 @@ def postprocess_tumour(
     """
     tumour = (probability > threshold) & liver
     return _drop_small_components(tumour, min_vox=min_component_mm3 / voxel_mm3)
+
+
+def _submit(pool: ThreadPoolExecutor | None, function: Callable, *args: object) -> Future:
+    """Run ``function(*args)`` in ``pool``, or at once in this thread when there is no pool."""
+    if pool is not None:
+        return pool.submit(function, *args)
+    done: Future = Future()
+    done.set_result(function(*args))
+    return done
 
 
 def _start_mm(
