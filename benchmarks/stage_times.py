@@ -2,10 +2,11 @@
 
 Each scan runs in a fresh process so that its peak resident memory (ru_maxrss) is its own. Run:
 
-    python benchmarks/stage_times.py [SCAN ...] [--threads 2] [--repeat 3]
+    python benchmarks/stage_times.py [SCAN ...] [--threads 2] [--repeat 3] [--out FILE | --out -]
 
 Without SCAN it runs the demo scan and every case in $MHP_EDGE_DATA/cases (default
-../shared/data/cases). Writes benchmarks/results/stage_times.md and prints the table.
+../shared/data/cases). Prints the table and writes it to ``--out`` (default
+benchmarks/results/stage_times.md, which it replaces whole; ``-`` writes no file).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("scans", nargs="*", type=Path)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", default=str(RESULTS / "stage_times.md"), help="Markdown file, or - for none")
     arguments = parser.parse_args()
     scans = arguments.scans or default_scans()
 
@@ -91,18 +93,22 @@ def main() -> None:
         f"{arguments.repeat}`; medians of {arguments.repeat} runs after loading the models once; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible.",
         "",
-        "| scan | size (x, y, z) | " + " | ".join(stages) + " | total s | peak RSS MB | lesions |",
-        "|---" * (len(stages) + 5) + "|",
+        "| scan | size (x, y, z) | "
+        + " | ".join(stages)
+        + " | total s | liver share | peak RSS MB | lesions |",
+        "|---" * (len(stages) + 6) + "|",
     ]
     for name, result, medians, total in rows:
         cells = " | ".join(f"{medians[s]:.2f}" for s in stages)
         lines.append(
             f"| {name} | {tuple(result['size'])} | {cells} | {total:.2f} | "
+            f"{100 * medians.get('liver', 0.0) / total:.1f} % | "
             f"{result['peak_rss_mb']:.0f} | {result['lesions']} |"
         )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "stage_times.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if arguments.out != "-":
+        Path(arguments.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(arguments.out).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
