@@ -5,7 +5,7 @@ Usage::
     python -m export.model_card [--models models] [--loco benchmarks/results/loco.json]
         [--tumour-loco benchmarks/results/tumour_loco_steps819.json]
         [--ablation benchmarks/results/tumour_ablation.json]
-        [--liver-loco benchmarks/results/liver_loco_tiles.json]
+        [--liver-loco benchmarks/results/liver_loco_steps3000.json]
 
 The runtime reads the JSON cards beside the ONNX files, so they are the source of truth. This page
 is their human-readable form and is rewritten whole.
@@ -316,7 +316,7 @@ def main() -> None:
     results = REPO_ROOT / "benchmarks" / "results"
     parser.add_argument("--tumour-loco", type=Path, default=results / "tumour_loco_steps819.json")
     parser.add_argument("--ablation", type=Path, default=results / "tumour_ablation.json")
-    parser.add_argument("--liver-loco", type=Path, default=results / "liver_loco_tiles.json")
+    parser.add_argument("--liver-loco", type=Path, default=results / "liver_loco_steps3000.json")
     arguments = parser.parse_args()
     page = render(
         arguments.models, arguments.loco, arguments.tumour_loco, arguments.ablation, arguments.liver_loco

@@ -151,6 +151,8 @@ _LIVER_RECIPE = Recipe(
     ),
     # Leave-one-case-out liver Dice rose from 0.895 at 4 min to 0.913 at 12 min on one thread, and
     # the liver model has no training-time limit of its own (benchmarks/results/liver_loco_12min.md).
+    # The shipped model's 2998 steps (12 min on two threads) gave 0.934 with the boundary
+    # refinement, folds of 3000 steps (benchmarks/results/liver_loco_steps3000.md).
     default_minutes=12.0,
     patch_shape_vox=(32, 96, 96),
     # No flips: the liver lies on the patient's right, and flipped anatomy would teach the
