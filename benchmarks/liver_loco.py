@@ -209,6 +209,13 @@ _TILE_SETTINGS = {
 }
 
 
+def _threads_note(document: dict[str, Any]) -> str:
+    # A --rescore run trains nothing, so its --threads and --jobs say how the folds were scored.
+    if document.get("scored_at_commit"):
+        return f", scored with {document['threads']} thread(s)"
+    return f" with {document['threads']} thread(s), {document['jobs']} fold(s) at a time"
+
+
 def render_markdown(document: dict[str, Any]) -> str:
     """Return the results page."""
     summary = document["summary"]
@@ -218,8 +225,7 @@ def render_markdown(document: dict[str, Any]) -> str:
         f"Command: `{document['command']}`",
         "",
         f"{document['machine']}. Each fold trains the `{document['task']}` recipe for "
-        f"{budget_text(document)} with {document['threads']} thread(s), "
-        f"{document['jobs']} fold(s) at a time. "
+        f"{budget_text(document)}{_threads_note(document)}. "
         f"Recipe of commit `{document['commit']['export_commit'][:12]}`"
         f"{' with uncommitted changes' if document['commit']['export_tree_dirty'] else ''}"
         f"{_rescored_note(document.get('scored_at_commit'))}. "
