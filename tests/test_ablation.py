@@ -7,6 +7,7 @@ import SimpleITK as sitk
 pytest.importorskip("torch")
 
 from benchmarks.common import run_folds, write_result_files  # noqa: E402
+from benchmarks.liver_loco import render_markdown  # noqa: E402
 from benchmarks.tumour_ablation import (  # noqa: E402
     MIN_LESION_MM3,
     THRESHOLDS,
@@ -104,3 +105,27 @@ def test_write_result_files_writes_json_and_markdown(tmp_path):
 
     assert markdown_path.read_text() == "# Run\n"
     assert (tmp_path / "out" / "run.json").read_text() == '{\n  "a": 1\n}\n'
+
+
+@pytest.mark.parametrize(
+    ("scored_at", "expected"), [(None, "1 thread(s), 2 fold(s)"), ("abc", "scored with 1")]
+)
+def test_liver_results_name_training_or_scoring(scored_at, expected):
+    row = {"case": "a", "liver_dice": 0.9, "predicted_ml": 1.0, "reference_ml": 1.0, "liver_stage_s": 0.1}
+    document = {
+        "command": "python -m benchmarks.liver_loco",
+        "machine": "x86_64",
+        "task": "liver",
+        "minutes": 12.0,
+        "steps": 3000,
+        "threads": 1,
+        "jobs": 2,
+        "commit": {"export_commit": "0" * 40, "export_tree_dirty": False},
+        "scored_at_commit": None
+        if scored_at is None
+        else {"export_commit": scored_at, "export_tree_dirty": False},
+        "cases": [{**row, "training_steps": 3000}],
+        "summary": {"liver_dice": {"mean": 0.9, "sd": 0.0, "n": 1}},
+    }
+
+    assert expected in render_markdown(document)
