@@ -210,7 +210,7 @@ _TILE_SETTINGS = {
 
 
 def _threads_note(document: dict[str, Any]) -> str:
-    # A --rescore run trains nothing, so its --threads and --jobs say how the folds were scored.
+    # A --rescore run trains nothing, so its --threads is the scoring thread count, not the training one.
     if document.get("scored_at_commit"):
         return f", scored with {document['threads']} thread(s)"
     return f" with {document['threads']} thread(s), {document['jobs']} fold(s) at a time"
