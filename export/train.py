@@ -189,6 +189,13 @@ RECIPES = {
         ).replace(", 1x1x1 conv to one logit, transposed", ", transposed"),
         model_name="liver-net-fine-head",
     ),
+    # Large tumours at the liver's surface look unlike liver parenchyma, and a liver model that
+    # never saw them centred left 40 % of ircadb_01's tumour voxels outside its fold's liver.
+    "liver-lesion-patches": replace(
+        _LIVER_RECIPE,
+        mix=PatchMix(lesion=0.2, liver=0.3, surface=0.25),
+        model_name="liver-net-lesion-patches",
+    ),
     "tumour": _tumour_recipe(
         file_stem=TUMOUR_FILE_STEM,
         build_network=MHPNet,
