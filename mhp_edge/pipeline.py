@@ -22,6 +22,7 @@ from scipy import ndimage
 from mhp_edge.errors import ConfigurationError, InputImageError, LiverMaskError
 from mhp_edge.io import same_grid
 from mhp_edge.liver_boundary import (
+    dilate_once,
     fill_holes,
     in_plane_step,
     largest_component,
@@ -347,7 +348,7 @@ class Segmenter:
         if not component.any():
             return np.zeros(sitk.GetArrayViewFromImage(scan).shape, dtype=bool)
         filled = fill_holes(component)
-        keep = ndimage.binary_dilation(filled, iterations=1)
+        keep = dilate_once(filled)
         probability = np.where(keep, probability, np.float32(0))
         probability[filled & ~component] = 1.0
 
@@ -384,12 +385,12 @@ class Segmenter:
                 outside=None,
             )
 
-        # The refinement's distance and smoothed HU do not depend on the full-resolution mask, so
-        # with two threads or more they are computed beside it.
+        # The refinement's distance does not depend on the full-resolution mask, so with two
+        # threads or more it is computed beside the mask and the smoothed HU, which take about as
+        # long together (ircadb_01: 78 ms against 69 ms on one thread).
         with ThreadPoolExecutor(max_workers=1) if self.threads > 1 else nullcontext() as pool:
             if boundary is not None:
                 distance_mm = _submit(pool, refinement_distance_mm)
-                smoothed_hu = _submit(pool, smooth_on_grid, hu_box, fine_spacing, boundary)
             liver_in_box = upsample_linear(
                 probability[coarse_box],
                 coarse_spacing,
@@ -401,13 +402,14 @@ class Segmenter:
                 threshold=metadata.threshold,
             )
             if boundary is not None:
+                smoothed_hu = smooth_on_grid(hu_box, fine_spacing, boundary)
                 liver_in_box = refine_liver_boundary(
                     hu_box,
                     liver_in_box,
                     distance_mm.result(),
                     fine_spacing,
                     boundary,
-                    smoothed_hu=smoothed_hu.result(),
+                    smoothed_hu=smoothed_hu,
                 )
 
         liver = np.zeros(sitk.GetArrayViewFromImage(scan).shape, dtype=bool)

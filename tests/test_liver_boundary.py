@@ -8,6 +8,7 @@ from export.contract import LIVER_BOUNDARY
 from mhp_edge.evaluate import dice
 from mhp_edge.liver_boundary import (
     _copy_changed_blocks,
+    dilate_once,
     fill_holes,
     in_plane_step,
     largest_component,
@@ -143,6 +144,16 @@ def test_fill_holes_equals_scipy():
     assert (fill_holes(mask) == ndimage.binary_fill_holes(mask)).all()
     assert (fill_holes(~mask) == ndimage.binary_fill_holes(~mask)).all()
     assert fill_holes(enclosed).all()
+
+
+def test_dilate_once_equals_scipy():
+    mask = random_blobs(seed=4)
+    single = np.zeros((1, 1, 3), dtype=bool)
+    single[0, 0, 1] = True
+
+    assert (dilate_once(mask) == ndimage.binary_dilation(mask)).all()
+    assert dilate_once(single).all()
+    assert dilate_once(np.zeros((0, 4, 5), dtype=bool)).shape == (0, 4, 5)
 
 
 def test_empty_arrays_returned_unchanged():
