@@ -183,16 +183,18 @@ def _smooth_in_plane(
     return gaussian_smooth(hu, sigma_vox)
 
 
-def _components(mask: np.ndarray) -> tuple[sitk.Image, int]:
-    """Return the 6-connected components of a bool (z, y, x) mask and their count.
+def label_components(mask: np.ndarray, *, fully_connected: bool = False) -> tuple[sitk.Image, int]:
+    """Return the connected components of a bool (z, y, x) mask and their count.
 
-    The image has uint32 labels 1, 2, ... in raster order.
+    Components are 6-connected, or 26-connected with ``fully_connected``. The image has uint32
+    labels 1, 2, ... in raster order.
 
     On one thread of a 2-vCPU x86_64 machine SimpleITK's labelling took about half the time of
     ``scipy.ndimage.label`` (a 110 x 153 x 185 mask). It runs on as many threads as the process's
     CPU quota allows.
     """
     labeller = sitk.ConnectedComponentImageFilter()
+    labeller.SetFullyConnected(fully_connected)
     labeller.SetNumberOfThreads(available_cpu_count())
     image = labeller.Execute(sitk.GetImageFromArray(np.asarray(mask, dtype=bool).view(np.uint8)))
     return image, labeller.GetObjectCount()
@@ -206,7 +208,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     """
     if mask.size == 0:
         return mask
-    image, count = _components(mask)
+    image, count = label_components(mask)
     if count <= 1:
         return mask
 
@@ -224,7 +226,7 @@ def _component_at(mask: np.ndarray, flat_index: int) -> np.ndarray:
     The refinement keeps the component around the model's deepest voxel, the liver's core. When
     that voxel has left the mask, it keeps the largest component.
     """
-    image, _ = _components(mask)
+    image, _ = label_components(mask)
     labelled = sitk.GetArrayViewFromImage(image)
     label = labelled.flat[flat_index]
     if label == 0:
@@ -258,7 +260,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool)
     if mask.size == 0:
         return mask
-    image, count = _components(~mask)
+    image, count = label_components(~mask)
     if count == 0:
         return mask
 

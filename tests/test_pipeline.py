@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from export.contract import LIVER_BOUNDARY
 from mhp_edge.errors import InputImageError
@@ -287,6 +288,24 @@ def test_postprocess_drops_small_components_and_outside_liver():
 
     assert tumour.sum() == 64 - 16
     assert not tumour[7, 7, 7]
+
+
+@pytest.mark.parametrize("min_component_mm3", [0.0, 6.4, 101.0])
+def test_postprocess_equals_scipy_labelling(min_component_mm3):
+    noise = np.random.default_rng(5).normal(size=(30, 60, 70))
+    probability = ndimage.gaussian_filter(noise, 1.2).astype(np.float32) + 0.5
+    liver = np.ones(probability.shape, dtype=bool)
+    candidates = probability > 0.62
+    labelled, _ = ndimage.label(candidates, structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(labelled.ravel())
+    big_enough = sizes * 2.0 >= min_component_mm3
+    big_enough[0] = False
+
+    tumour = postprocess_tumour(
+        probability, liver, voxel_mm3=2.0, threshold=0.62, min_component_mm3=min_component_mm3
+    )
+
+    np.testing.assert_array_equal(tumour, big_enough[labelled])
 
 
 def test_liver_boundary_refinement_follows_the_phantom_liver(tmp_path):
