@@ -172,12 +172,25 @@ def axial_diameters_mm(lesion: np.ndarray, spacing_yx_mm: tuple[float, float]) -
     tuple of 2 floats
         (longest diameter, perpendicular diameter) in mm, measured on voxel outlines.
     """
-    best = (0.0, 0.0)
-    for cross_section in lesion:
-        if cross_section.any():
-            diameters = _slice_diameters_mm(cross_section, spacing_yx_mm)
-            if diameters[0] > best[0]:
-                best = diameters
+    # A slice's longest diameter is at most the diagonal of its box of pixel corners, so slices
+    # are measured widest box first and the rest skipped once no box can beat the best. Of
+    # slices with equal diameters the first (lowest z) is kept, as a scan from the top would.
+    spacing_y, spacing_x = spacing_yx_mm
+    rows_any, columns_any = lesion.any(axis=2), lesion.any(axis=1)
+    bound_mm = np.zeros(len(lesion))
+    for z in np.flatnonzero(rows_any.any(axis=1)):
+        rows, columns = np.flatnonzero(rows_any[z]), np.flatnonzero(columns_any[z])
+        height_mm = (rows[-1] - rows[0] + 1) * spacing_y
+        width_mm = (columns[-1] - columns[0] + 1) * spacing_x
+        bound_mm[z] = np.hypot(height_mm, width_mm)
+
+    best, best_z = (0.0, 0.0), len(lesion)
+    for z in np.argsort(-bound_mm, kind="stable"):
+        if bound_mm[z] == 0 or bound_mm[z] < best[0] * (1 - 1e-9):
+            break
+        diameters = _slice_diameters_mm(lesion[z], spacing_yx_mm)
+        if diameters[0] > best[0] or (diameters[0] == best[0] and z < best_z):
+            best, best_z = diameters, z
     return best
 
 

@@ -94,3 +94,20 @@ def test_diameters_match_all_pixel_corners(seed):
     expected_longest, _ = brute_force_diameters_mm(lesion[0], (0.8, 0.7))
     assert longest == pytest.approx(expected_longest)
     assert 0 < across <= longest
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_axial_diameters_equal_the_best_slice(seed):
+    rng = np.random.default_rng(seed)
+    lesion = ndimage.gaussian_filter(rng.normal(size=(9, 24, 28)), 1.5) > 0.1
+    lesion[4] = False
+    lesion[6:8, 3:9, 3:9] = True  # two equal slices
+    spacing_yx_mm = (0.7, 0.9)
+
+    best = (0.0, 0.0)
+    for z in range(len(lesion)):
+        diameters = axial_diameters_mm(lesion[z : z + 1], spacing_yx_mm)
+        if diameters[0] > best[0]:
+            best = diameters
+
+    assert axial_diameters_mm(lesion, spacing_yx_mm) == best
