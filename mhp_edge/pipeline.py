@@ -693,9 +693,13 @@ def _drop_small_components(mask: np.ndarray, *, min_vox: float) -> np.ndarray:
     box = nonzero_box(mask)
     if box is None:
         return mask
-    components, _ = label_components(mask[box], fully_connected=True)
+    cropped = mask[box]
+    if not min_vox <= cropped.size:
+        # No component can be that large (and ITK's size is an unsigned 64-bit integer).
+        return np.zeros(mask.shape, dtype=bool)
+    components, _ = label_components(cropped, fully_connected=True)
     by_size = sitk.RelabelComponentImageFilter()
-    by_size.SetMinimumObjectSize(int(np.ceil(min_vox)))
+    by_size.SetMinimumObjectSize(int(np.ceil(max(min_vox, 0.0))))
     by_size.SetNumberOfThreads(available_cpu_count())
     kept = by_size.Execute(components)
     result = np.zeros(mask.shape, dtype=bool)

@@ -290,7 +290,7 @@ def test_postprocess_drops_small_components_and_outside_liver():
     assert not tumour[7, 7, 7]
 
 
-@pytest.mark.parametrize("min_component_mm3", [0.0, 6.4, 101.0])
+@pytest.mark.parametrize("min_component_mm3", [0.0, 6.4, 101.0, 1e30])
 def test_postprocess_equals_scipy_labelling(min_component_mm3):
     noise = np.random.default_rng(5).normal(size=(30, 60, 70))
     probability = ndimage.gaussian_filter(noise, 1.2).astype(np.float32) + 0.5
