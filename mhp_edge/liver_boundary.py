@@ -164,7 +164,9 @@ def _copy_changed_blocks(grid: np.ndarray, fine: np.ndarray, step: int) -> np.nd
     ``grid`` is a (z, y, x) mask on ``fine[:, ::step, ::step]``. Only the changed voxels are
     scattered, so the cost follows the boundary's voxels, not the box's.
     """
-    z, y, x = np.nonzero(grid != fine[:, ::step, ::step])
+    # np.nonzero on a 3D array took 8 ms where flatnonzero and unravel_index took 0.7 ms (ircadb_01).
+    changed = grid != fine[:, ::step, ::step]
+    z, y, x = np.unravel_index(np.flatnonzero(changed), changed.shape)
     values = grid[z, y, x]
     result = fine.copy()
     for row_offset in range(step):
@@ -226,11 +228,13 @@ def _component_at(mask: np.ndarray, flat_index: int) -> np.ndarray:
     The refinement keeps the component around the model's deepest voxel, the liver's core. When
     that voxel has left the mask, it keeps the largest component.
     """
-    image, _ = label_components(mask)
+    image, count = label_components(mask)
     labelled = sitk.GetArrayViewFromImage(image)
     label = labelled.flat[flat_index]
     if label == 0:
         return largest_component(mask)
+    if count == 1:
+        return np.asarray(mask, dtype=bool)
     return labelled == label
 
 
@@ -272,4 +276,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
             on_border[np.take(labelled, index, axis=axis)] = True
     hole = ~on_border
     hole[0] = False
+    if not hole.any():
+        # Cheaper than the lookup over the whole box, and the mask seldom has holes here.
+        return mask.copy()
     return mask | hole[labelled]

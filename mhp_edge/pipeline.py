@@ -591,7 +591,7 @@ def _grown_box(mask: np.ndarray, margin_vox: int) -> tuple[slice, slice, slice]:
 def _fine_box(
     coarse_mask: np.ndarray, coarse: sitk.Image, fine: sitk.Image, *, margin_vox: int = 1
 ) -> tuple[slice, slice, slice]:
-    """Return the (z, y, x) slices of ``fine`` that cover a mask on ``coarse`` plus a margin.
+    """Return the (z, y, x) slices of ``fine`` that cover a non-empty mask on ``coarse`` plus a margin.
 
     ``margin_vox`` is counted in coarse voxels.
 
@@ -601,9 +601,9 @@ def _fine_box(
     ratio = np.array(coarse.GetSpacing())[::-1] / np.array(fine.GetSpacing())[::-1]
     fine_shape = fine.GetSize()[::-1]
     box = []
-    for axis, along in enumerate(np.nonzero(coarse_mask)):
-        start = int(np.floor((along.min() - margin_vox) * ratio[axis]))
-        stop = int(np.ceil((along.max() + 1 + margin_vox) * ratio[axis]))
+    for axis, occupied in enumerate(nonzero_box(coarse_mask)):
+        start = int(np.floor((occupied.start - margin_vox) * ratio[axis]))
+        stop = int(np.ceil((occupied.stop + margin_vox) * ratio[axis]))
         box.append(slice(max(0, start), min(fine_shape[axis], stop)))
     return box[0], box[1], box[2]
 

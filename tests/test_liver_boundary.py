@@ -140,10 +140,13 @@ def test_fill_holes_equals_scipy():
     mask = random_blobs()
     enclosed = np.ones((5, 5, 5), dtype=bool)
     enclosed[2, 2, 2] = False
+    corner_gap = enclosed[2:, 2:, 2:]  # the gap touches the border: no hole
 
     assert (fill_holes(mask) == ndimage.binary_fill_holes(mask)).all()
     assert (fill_holes(~mask) == ndimage.binary_fill_holes(~mask)).all()
     assert fill_holes(enclosed).all()
+    assert fill_holes(corner_gap).sum() == 26
+    assert fill_holes(corner_gap) is not corner_gap
 
 
 def test_dilate_once_equals_scipy():
