@@ -172,9 +172,9 @@ def axial_diameters_mm(lesion: np.ndarray, spacing_yx_mm: tuple[float, float]) -
     tuple of 2 floats
         (longest diameter, perpendicular diameter) in mm, measured on voxel outlines.
     """
-    # A slice's longest diameter is at most the diagonal of its box of pixel corners, so slices
-    # are measured widest box first and the rest skipped once no box can beat the best. Of
-    # slices with equal diameters the first (lowest z) is kept, as a scan from the top would.
+    # A slice's longest diameter is at most the diagonal of its box of pixel corners. Slices are
+    # measured widest box first, and the rest are skipped once no box can beat the best. Of
+    # slices with equal longest diameters the one with the lowest z index is kept.
     spacing_y, spacing_x = spacing_yx_mm
     rows_any, columns_any = lesion.any(axis=2), lesion.any(axis=1)
     bound_mm = np.zeros(len(lesion))
