@@ -202,13 +202,18 @@ class Segmenter:
         with timer.stage("prepare"):
             hu = sitk.GetArrayViewFromImage(scan)
             warnings.extend(anatomy_warnings(hu, liver, image_spacing_zyx_mm(scan)))
-            if liver_ml >= MIN_LIVER_ML:
-                # Smaller livers are dropped below, with a warning of their own.
-                warnings.extend(liver_volume_warnings(liver_ml, touches_edge=_touches_edge(liver)))
 
         tumour = np.zeros(liver.shape, dtype=bool)
         if liver_ml >= MIN_LIVER_ML:
-            tumour = self._find_tumours(scan, liver, timer, progress) & liver
+            # NOTE: a lesion kept whole is still cut where the tumour crop (the liver's box grown by
+            # the tumour model's roi_margin_mm) or its skipped tiles end.
+            tumour = self._find_tumours(scan, liver, timer, progress, cut_to_liver=liver_source == "mask")
+            # A lesion that bulges out of the model's liver is part of the liver, as in the
+            # reference labels, where tumour is a class of liver voxels.
+            liver = liver | tumour
+            liver_ml = np.count_nonzero(liver) * voxel_ml
+            # Smaller livers are dropped below, with a warning of their own.
+            warnings.extend(liver_volume_warnings(liver_ml, touches_edge=_touches_edge(liver)))
         elif liver_source == "mask":
             warnings.append(
                 f"The given liver mask covers {liver_ml:.0f} mL, below {MIN_LIVER_ML:.0f} mL, so no "
@@ -300,6 +305,9 @@ class Segmenter:
 
     def liver_mask(self, image: sitk.Image) -> sitk.Image:
         """Run the liver stage alone and return its mask on the input's grid.
+
+        ``segment`` adds to this liver the lesions it keeps whole across the liver's surface
+        (``postprocess_tumour`` with ``cut_to_liver=False``).
 
         Parameters
         ----------
@@ -449,8 +457,13 @@ class Segmenter:
         liver: np.ndarray,
         timer: _StageTimer,
         progress: Progress | None,
+        *,
+        cut_to_liver: bool,
     ) -> np.ndarray:
-        """Run MHP-Net inside the liver; return the tumour mask on the scan's grid, bool (z, y, x)."""
+        """Run MHP-Net around the liver; return the tumour mask on the scan's grid, bool (z, y, x).
+
+        ``cut_to_liver`` is passed to ``postprocess_tumour``.
+        """
         metadata = self.tumour_model.metadata
         box, probability = self._tumour_probability(scan, liver, timer, progress)
         with timer.stage("postprocess"):
@@ -461,6 +474,7 @@ class Segmenter:
                 voxel_mm3=float(np.prod(scan.GetSpacing())),
                 threshold=metadata.threshold,
                 min_component_mm3=metadata.min_component_mm3,
+                cut_to_liver=cut_to_liver,
             )
         return tumour
 
@@ -538,6 +552,7 @@ def postprocess_tumour(
     voxel_mm3: float,
     threshold: float,
     min_component_mm3: float,
+    cut_to_liver: bool = True,
 ) -> np.ndarray:
     """Turn a tumour probability map into the tumour mask, as the model's metadata prescribes.
 
@@ -546,20 +561,29 @@ def postprocess_tumour(
     probability : ndarray of shape (Z, Y, X), float32
         Tumour probability.
     liver : ndarray of shape (Z, Y, X), bool
-        Liver mask; tumour is kept only inside it.
+        Liver mask.
     voxel_mm3 : float
         Volume of one voxel in mm^3.
     threshold : float
         Probability above which a voxel is tumour.
     min_component_mm3 : float
         Connected components (26-connected) smaller than this are dropped.
+    cut_to_liver : bool
+        True: tumour is kept only inside the liver. False: a component with at least half of
+        its voxels in the liver is kept whole, and the others only inside the liver. This is
+        for a liver found by the model, whose surface can pass through a large lesion at the
+        liver's edge. A structure next to the liver that touches it by a few voxels stays out.
 
     Returns
     -------
     ndarray of shape (Z, Y, X), bool
     """
-    tumour = (probability > threshold) & liver
-    return _drop_small_components(tumour, min_vox=min_component_mm3 / voxel_mm3)
+    tumour = probability > threshold
+    min_vox = min_component_mm3 / voxel_mm3
+    inside = _drop_small_components(tumour & liver, min_vox=min_vox)
+    if cut_to_liver:
+        return inside
+    return inside | _drop_small_components(tumour, min_vox=min_vox, mostly_in=liver)
 
 
 def _submit(pool: ThreadPoolExecutor | None, function: Callable, *args: object) -> Future:
@@ -683,11 +707,14 @@ def _to_input_grid(labels: np.ndarray, scan: sitk.Image, image: sitk.Image) -> s
     return restored
 
 
-def _drop_small_components(mask: np.ndarray, *, min_vox: float) -> np.ndarray:
+def _drop_small_components(
+    mask: np.ndarray, *, min_vox: float, mostly_in: np.ndarray | None = None
+) -> np.ndarray:
     """Return the 26-connected components of ``mask`` of at least ``min_vox`` voxels, bool (z, y, x).
 
-    SimpleITK's labelling and size filter took 20 ms where ``scipy.ndimage.label`` and a bincount
-    took 85 ms (ircadb_01's tumour box, two threads).
+    With ``mostly_in``, a bool mask of the same shape, only components with at least half of
+    their voxels in it are kept. SimpleITK's labelling and size filter took 20 ms where
+    ``scipy.ndimage.label`` and a bincount took 85 ms (ircadb_01's tumour box, two threads).
     """
     # Label only the box around the mask's voxels: tumour is a small part of the liver crop.
     box = nonzero_box(mask)
@@ -702,6 +729,15 @@ def _drop_small_components(mask: np.ndarray, *, min_vox: float) -> np.ndarray:
     by_size.SetMinimumObjectSize(int(np.ceil(max(min_vox, 0.0))))
     by_size.SetNumberOfThreads(available_cpu_count())
     kept = by_size.Execute(components)
+    labelled = sitk.GetArrayViewFromImage(kept)
     result = np.zeros(mask.shape, dtype=bool)
-    result[box] = sitk.GetArrayViewFromImage(kept) > 0
+    if mostly_in is None:
+        result[box] = labelled > 0
+        return result
+
+    sizes = np.array([0, *by_size.GetSizeOfObjectsInPixels()], dtype=np.int64)
+    inside = np.bincount(labelled[mostly_in[box]], minlength=sizes.size)
+    keep = 2 * inside >= sizes
+    keep[0] = False
+    result[box] = keep[labelled]
     return result

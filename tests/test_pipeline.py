@@ -308,6 +308,61 @@ def test_postprocess_equals_scipy_labelling(min_component_mm3):
     np.testing.assert_array_equal(tumour, big_enough[labelled])
 
 
+def test_postprocess_keeps_lesions_mostly_in_liver():
+    probability = np.zeros((10, 10, 16), dtype=np.float32)
+    probability[1:5, 1:5, 1:5] = 0.9  # 64 voxels, three quarters of them in the liver
+    probability[1:5, 1:5, 10:14] = 0.9  # 64 voxels, a quarter of them in the liver
+    probability[6:9, 6:9, 5:8] = 0.9  # 27 voxels, none in the liver
+    liver = np.zeros(probability.shape, dtype=bool)
+    liver[:, :, 2:11] = True
+    liver[6:9, 6:9, :] = False
+
+    whole = postprocess_tumour(
+        probability, liver, voxel_mm3=2.0, threshold=0.5, min_component_mm3=10.0, cut_to_liver=False
+    )
+    cut = postprocess_tumour(probability, liver, voxel_mm3=2.0, threshold=0.5, min_component_mm3=10.0)
+
+    assert whole[1:5, 1:5, 1:5].all()
+    assert whole[:, :, 10].sum() == 16
+    assert not whole[:, :, 11:].any()
+    assert not whole[6:9].any()
+    assert cut.sum() == 48 + 16
+
+
+class _GivenModelLiver(Segmenter):
+    """A Segmenter whose liver stage returns a fixed (z, y, x) mask, as a liver model would."""
+
+    model_liver: np.ndarray
+
+    def _find_liver(self, scan, progress):
+        return self.model_liver.copy()
+
+
+def test_lesion_bulging_from_model_liver_kept_whole(tmp_path):
+    # A bright lesion sits on the liver's surface with about a third of it outside the liver
+    # that the "model" found. The linear tumour model calls HU above 200 tumour.
+    write_linear_model(tmp_path, LIVER_MODEL_FILE, make_metadata("liver"))
+    tumour = make_metadata("tumour", hu_mean=200.0, hu_clip=(-250.0, 400.0), roi_margin_mm=20.0)
+    write_linear_model(tmp_path, TUMOUR_MODEL_FILE, tumour)
+    z, y, x = np.meshgrid(np.arange(24), np.arange(48), np.arange(48), indexing="ij")
+    liver = np.zeros((24, 48, 48), dtype=bool)
+    liver[4:20, 8:40, 8:30] = True
+    lesion = ((z - 12) * 4.0) ** 2 + ((y - 24) * 3.0) ** 2 + ((x - 28) * 3.0) ** 2 <= 15.0**2
+    hu = np.where(liver, 60, -100).astype(np.int16)
+    hu[lesion] = 300
+    segmenter = _GivenModelLiver(tmp_path, threads=1)
+    segmenter.model_liver = liver
+
+    found = segmenter.segment_array(hu, (4.0, 3.0, 3.0))
+    given = segmenter.segment_array(hu, (4.0, 3.0, 3.0), liver_mask=liver.astype(np.uint8))
+
+    labels = sitk.GetArrayFromImage(found.mask)
+    assert (labels[lesion] == 2).all()
+    assert (labels[lesion & ~liver] == 2).sum() > 0.25 * lesion.sum()
+    assert found.liver_volume_ml == pytest.approx(np.count_nonzero(labels) * 0.036, abs=0.05)
+    assert not sitk.GetArrayFromImage(given.mask)[~liver].any()
+
+
 def test_liver_boundary_refinement_follows_the_phantom_liver(tmp_path):
     # The liver model works at 4 x 3 x 3 mm and the phantom has 2 x 1.5 x 1.5 mm voxels, so the
     # refinement at the scan's resolution should bring the coarse surface closer to the truth.
