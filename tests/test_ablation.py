@@ -15,6 +15,7 @@ from benchmarks.tumour_ablation import (  # noqa: E402
     score_case,
     summarise_variant,
 )
+from export.model_card import render_liver_accuracy  # noqa: E402
 
 
 def fake_scores(best: dict[str, tuple[float, float]]) -> dict[str, dict]:
@@ -129,3 +130,26 @@ def test_liver_results_name_training_or_scoring(scored_at, expected):
     }
 
     assert expected in render_markdown(document)
+
+
+def test_model_card_takes_tumour_cost_from_rescore():
+    def result(command, model_dice):
+        runs = {"model_liver": {"tumour_dice": model_dice}, "reference_liver": {"tumour_dice": 0.5}}
+        return {
+            "command": command,
+            "task": "liver",
+            "steps": 3000,
+            "cases": [{"case": "a", "liver_dice": 0.9, "predicted_ml": 1.0, "reference_ml": 1.0}],
+            "tumour": {"a": runs},
+            "summary": {
+                "liver_dice": {"mean": 0.9, "sd": 0.0, "n": 1},
+                "tumour_dice_model_liver": {"mean": model_dice, "sd": 0.0, "n": 1},
+                "tumour_dice_reference_liver": {"mean": 0.5, "sd": 0.0, "n": 1},
+            },
+        }
+
+    page = "\n".join(render_liver_accuracy(result("trained", 0.2), result("rescored", 0.45)))
+
+    assert "0.450 with the liver model" in page
+    assert "`rescored`" in page
+    assert "0.200" not in page
