@@ -418,6 +418,8 @@ def segment_scan(
             result = segmenter.segment(image, liver_mask=reference)
         except LiverMaskError as err:
             raise LiverMaskError(f"{liver_mask}: {err}") from err
+        except InputImageError as err:
+            raise InputImageError(f"{scan}: {err}") from err
 
         started = time.perf_counter()
         report = build_report(

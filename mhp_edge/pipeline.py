@@ -36,6 +36,7 @@ from mhp_edge.plausibility import (
     intensity_percentiles,
     intensity_warnings,
     is_nearly_constant,
+    label_map_values,
     liver_volume_warnings,
     spacing_warnings,
 )
@@ -664,6 +665,13 @@ def _prepare_scan(image: sitk.Image, warnings: list[str]) -> tuple[sitk.Image, b
             f"{cleaned.non_finite_vox} non-finite voxels (NaN or infinite) were replaced with air."
         )
     warnings.extend(spacing_warnings(cleaned.image))
+    values = label_map_values(sitk.GetArrayViewFromImage(cleaned.image))
+    if values is not None:
+        shown = ", ".join(f"{value:g}" for value in values)
+        raise InputImageError(
+            f"the image has only the values {shown}, like a label mask, not a CT in HU. Give the "
+            "CT scan itself (a liver mask goes to --liver-mask)."
+        )
     percentiles = intensity_percentiles(sitk.GetArrayViewFromImage(cleaned.image))
     warnings.extend(intensity_warnings(percentiles))
     return cleaned.image, is_nearly_constant(percentiles)

@@ -80,6 +80,32 @@ def intensity_percentiles(hu: np.ndarray) -> tuple[float, float] | None:
     return float(low), float(high)
 
 
+def label_map_values(hu: np.ndarray, *, max_values: int = 16) -> np.ndarray | None:
+    """Return the distinct values of a scan that looks like a label mask, else None.
+
+    A label mask has a few small non-negative integers (0 background, 1 liver, 2 tumour, ...).
+    A CT has thousands of values from about -1000 HU, and a CT stored without its rescale still
+    spans hundreds of raw values. Only the ``intensity_sample`` is read.
+
+    Parameters
+    ----------
+    hu : ndarray of shape (Z, Y, X)
+        The scan after clean-up (non-finite values already replaced).
+    max_values : int
+        Most distinct values a label mask is taken to have.
+    """
+    sample = intensity_sample(hu)
+    if sample.size == 0:
+        return None
+    low, high = float(sample.min()), float(sample.max())
+    if low < 0 or high > 255 or high - low < 1.0:
+        return None
+    values = np.unique(sample)
+    if values.size > max_values or not np.array_equal(values, np.round(values)):
+        return None
+    return values
+
+
 def is_nearly_constant(percentiles: tuple[float, float] | None) -> bool:
     """Return True when a scan's 1st and 99th percentiles are less than 1 HU apart or it has no voxels.
 

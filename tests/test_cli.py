@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 from typer.testing import CliRunner
@@ -84,6 +85,20 @@ def test_missing_scan_is_input_error(tmp_path, models_dir):
     assert result.exit_code == EXIT_INPUT
     assert "absent.nii.gz: file not found" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_label_mask_given_as_scan_is_input_error(tmp_path, models_dir):
+    labels = np.zeros((20, 40, 40), dtype=np.uint8)
+    labels[5:15, 10:30, 10:30] = 1
+    labels[8:12, 15:20, 15:20] = 2
+    label_path = tmp_path / "case_label.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(labels), str(label_path))
+
+    result = segment(label_path, "-o", tmp_path / "out", "--models", models_dir)
+
+    assert result.exit_code == EXIT_INPUT
+    assert f"{label_path}: the image has only the values 0, 1, 2, like a label mask" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_existing_output_is_output_error(tmp_path, scan, models_dir):

@@ -9,6 +9,7 @@ from mhp_edge.plausibility import (
     intensity_percentiles,
     intensity_sample,
     intensity_warnings,
+    label_map_values,
     liver_volume_warnings,
     spacing_warnings,
 )
@@ -113,3 +114,16 @@ def test_intensity_sample_long_scan():
 
     assert sample.size <= 2_100_000
     assert sample.shape[1:] == (128, 128)
+
+
+def test_label_map_values_only_for_label_masks():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=(10, 40, 40)).astype(np.uint8)
+    ct_hu = rng.normal(40.0, 300.0, size=(10, 40, 40)).astype(np.float32)
+    raw_ct = rng.integers(0, 4096, size=(10, 40, 40)).astype(np.uint16)
+
+    assert label_map_values(labels).tolist() == [0, 1, 2]
+    assert label_map_values(ct_hu) is None
+    assert label_map_values(raw_ct) is None
+    assert label_map_values(np.zeros((4, 8, 8), dtype=np.uint8)) is None
+    assert label_map_values(labels + np.float32(0.5)) is None
