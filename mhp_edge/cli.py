@@ -7,12 +7,15 @@ Exit codes: 0 success, 1 internal failure (a bug: please report it), 2 invalid u
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
 import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
@@ -405,13 +408,16 @@ def segment_scan(
     with staged_outputs(outputs.all(), overwrite=overwrite) as temporaries:
         started = time.perf_counter()
         source_files, stack = None, None
-        if scan.is_dir():
-            stack = choose_stack(find_stacks(scan), folder=scan, series_uid=series)
-            image = stack_to_image(stack, folder=scan)
-            source_files = stack.files if dicom_seg else None
-        else:
-            image = read_image(scan)
-        reference = read_image(liver_mask) if liver_mask is not None else None
+        # The readers log their warnings (a tie between DICOM series, for example), and the
+        # report must list them beside the pipeline's own.
+        with _warnings_logged() as read_warnings:
+            if scan.is_dir():
+                stack = choose_stack(find_stacks(scan), folder=scan, series_uid=series)
+                image = stack_to_image(stack, folder=scan)
+                source_files = stack.files if dicom_seg else None
+            else:
+                image = read_image(scan)
+            reference = read_image(liver_mask) if liver_mask is not None else None
         read_s = time.perf_counter() - started
 
         try:
@@ -425,6 +431,7 @@ def segment_scan(
         report = build_report(
             result, models=segmenter.model_ids(), scan_name=str(scan), mask_name=str(outputs.mask)
         )
+        report["warnings"] = [*read_warnings, *report["warnings"]]
         if source_files is not None:
             from mhp_edge.dicom_seg import write_dicom_seg
 
@@ -450,6 +457,26 @@ def segment_scan(
         report["timings_s"]["write"] = round(time.perf_counter() - started, 3)
         temporaries[1].write_text(json.dumps(report, indent=2))
     return report
+
+
+@contextlib.contextmanager
+def _warnings_logged() -> Iterator[list[str]]:
+    """Collect the messages that mhp_edge logs at WARNING or above in this thread, in a list."""
+    messages: list[str] = []
+    thread = threading.get_ident()
+
+    class _Collector(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.thread == thread:
+                messages.append(record.getMessage())
+
+    collector = _Collector(level=logging.WARNING)
+    package_logger = logging.getLogger("mhp_edge")
+    package_logger.addHandler(collector)
+    try:
+        yield messages
+    finally:
+        package_logger.removeHandler(collector)
 
 
 def _write_mask(mask, path: Path) -> None:

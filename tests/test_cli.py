@@ -7,6 +7,7 @@ import pytest
 import SimpleITK as sitk
 from typer.testing import CliRunner
 
+from dicom_factory import write_series
 from mhp_edge import __version__
 from mhp_edge.cli import EXIT_BATCH_FAILURES, EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE, app
 from mhp_edge.pipeline import LIVER_MODEL_FILE, TUMOUR_MODEL_FILE
@@ -217,6 +218,18 @@ def test_mask_name_shadowing_scan_rejected(scan, models_dir):
     assert result.exit_code == EXIT_OUTPUT
     assert "same name as the input scan" in result.output
     assert not scan.with_name("phantom.nii").exists()
+
+
+def test_dicom_series_tie_reaches_report(tmp_path, models_dir):
+    hu = sitk.GetArrayFromImage(liver_phantom())
+    write_series(tmp_path / "study" / "a", hu, series_number=2)
+    write_series(tmp_path / "study" / "b", hu, series_number=3)
+
+    result = segment(tmp_path / "study", "-o", tmp_path / "out", "--models", models_dir)
+
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "study_report.json").read_text())
+    assert any("1 other series tie with the chosen one" in warning for warning in report["warnings"])
 
 
 def test_series_option_needs_dicom_folder(tmp_path, scan, models_dir):
