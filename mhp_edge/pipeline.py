@@ -477,6 +477,12 @@ class Segmenter:
                 min_component_mm3=metadata.min_component_mm3,
                 cut_to_liver=cut_to_liver,
             )
+        beyond_vox = np.count_nonzero(tumour[box] & ~liver[box])
+        if beyond_vox:
+            logger.info(
+                "Lesions mostly in the model's liver kept whole: %.2f mL of them lie beyond its surface",
+                beyond_vox * float(np.prod(scan.GetSpacing())) / 1000.0,
+            )
         return tumour
 
     def _tumour_probability(
