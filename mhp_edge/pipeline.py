@@ -673,9 +673,9 @@ def _prepare_scan(image: sitk.Image, warnings: list[str]) -> tuple[sitk.Image, b
     warnings.extend(spacing_warnings(cleaned.image))
     values = label_map_values(sitk.GetArrayViewFromImage(cleaned.image))
     if values is not None:
-        shown = ", ".join(f"{value:g}" for value in values)
+        listed = ", ".join(f"{value:g}" for value in values)
         raise InputImageError(
-            f"the image has only the values {shown}, like a label mask, not a CT in HU. Give the "
+            f"the image has only the values {listed}, like a label mask, not a CT in HU. Give the "
             "CT scan itself (a liver mask goes to --liver-mask)."
         )
     percentiles = intensity_percentiles(sitk.GetArrayViewFromImage(cleaned.image))
@@ -742,8 +742,8 @@ def _drop_small_components(
     by_size = sitk.RelabelComponentImageFilter()
     by_size.SetMinimumObjectSize(int(np.ceil(max(min_vox, 0.0))))
     by_size.SetNumberOfThreads(available_cpu_count())
-    kept = by_size.Execute(components)
-    labelled = sitk.GetArrayViewFromImage(kept)
+    large_enough = by_size.Execute(components)
+    labelled = sitk.GetArrayViewFromImage(large_enough)
     result = np.zeros(mask.shape, dtype=bool)
     if mostly_in is None:
         result[box] = labelled > 0

@@ -355,14 +355,14 @@ def test_lesion_bulging_from_model_liver_kept_whole(tmp_path):
     segmenter = _GivenModelLiver(tmp_path, threads=1)
     segmenter.model_liver = liver
 
-    found = segmenter.segment_array(hu, (4.0, 3.0, 3.0))
-    given = segmenter.segment_array(hu, (4.0, 3.0, 3.0), liver_mask=liver.astype(np.uint8))
+    with_model_liver = segmenter.segment_array(hu, (4.0, 3.0, 3.0))
+    with_mask = segmenter.segment_array(hu, (4.0, 3.0, 3.0), liver_mask=liver.astype(np.uint8))
 
-    labels = sitk.GetArrayFromImage(found.mask)
+    labels = sitk.GetArrayFromImage(with_model_liver.mask)
     assert (labels[lesion] == 2).all()
     assert (labels[lesion & ~liver] == 2).sum() > 0.25 * lesion.sum()
-    assert found.liver_volume_ml == pytest.approx(np.count_nonzero(labels) * 0.036, abs=0.05)
-    assert not sitk.GetArrayFromImage(given.mask)[~liver].any()
+    assert with_model_liver.liver_volume_ml == pytest.approx(np.count_nonzero(labels) * 0.036, abs=0.05)
+    assert not sitk.GetArrayFromImage(with_mask.mask)[~liver].any()
 
 
 def test_liver_boundary_refinement_follows_the_phantom_liver(tmp_path):
