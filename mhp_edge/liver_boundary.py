@@ -277,6 +277,6 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     hole = ~on_border
     hole[0] = False
     if not hole.any():
-        # Cheaper than the lookup over the whole box, and the mask seldom has holes here.
+        # Skips the lookup over the whole array. The refined liver usually has no hole.
         return mask.copy()
     return mask | hole[labelled]

@@ -213,7 +213,7 @@ class Segmenter:
             # reference labels, where tumour is a class of liver voxels.
             liver = liver | tumour
             liver_ml = np.count_nonzero(liver) * voxel_ml
-            # Smaller livers are dropped below, with a warning of their own.
+            # Livers below MIN_LIVER_ML get a warning of their own in the branches below.
             warnings.extend(liver_volume_warnings(liver_ml, touches_edge=_touches_edge(liver)))
         elif liver_source == "mask":
             warnings.append(

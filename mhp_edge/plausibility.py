@@ -92,7 +92,7 @@ def label_map_values(hu: np.ndarray, *, max_values: int = 16) -> np.ndarray | No
     hu : ndarray of shape (Z, Y, X)
         The scan after clean-up (non-finite values already replaced).
     max_values : int
-        Most distinct values a label mask is taken to have.
+        Largest number of distinct values that a label mask is taken to have.
     """
     sample = intensity_sample(hu)
     if sample.size == 0:

@@ -176,17 +176,18 @@ def axial_diameters_mm(lesion: np.ndarray, spacing_yx_mm: tuple[float, float]) -
     # measured widest box first, and the rest are skipped once no box can beat the best. Of
     # slices with equal longest diameters the one with the lowest z index is kept.
     spacing_y, spacing_x = spacing_yx_mm
-    rows_any, columns_any = lesion.any(axis=2), lesion.any(axis=1)
-    bound_mm = np.zeros(len(lesion))
-    for z in np.flatnonzero(rows_any.any(axis=1)):
-        rows, columns = np.flatnonzero(rows_any[z]), np.flatnonzero(columns_any[z])
+    occupied_rows, occupied_columns = lesion.any(axis=2), lesion.any(axis=1)
+    diagonal_mm = np.zeros(len(lesion))
+    for z in np.flatnonzero(occupied_rows.any(axis=1)):
+        rows, columns = np.flatnonzero(occupied_rows[z]), np.flatnonzero(occupied_columns[z])
         height_mm = (rows[-1] - rows[0] + 1) * spacing_y
         width_mm = (columns[-1] - columns[0] + 1) * spacing_x
-        bound_mm[z] = np.hypot(height_mm, width_mm)
+        diagonal_mm[z] = np.hypot(height_mm, width_mm)
 
+    # The tolerance keeps a slice whose diameter equals its diagonal up to rounding.
     best, best_z = (0.0, 0.0), len(lesion)
-    for z in np.argsort(-bound_mm, kind="stable"):
-        if bound_mm[z] == 0 or bound_mm[z] < best[0] * (1 - 1e-9):
+    for z in np.argsort(-diagonal_mm, kind="stable"):
+        if diagonal_mm[z] == 0 or diagonal_mm[z] < best[0] * (1 - 1e-9):
             break
         diameters = _slice_diameters_mm(lesion[z], spacing_yx_mm)
         if diameters[0] > best[0] or (diameters[0] == best[0] and z < best_z):

@@ -132,7 +132,7 @@ def test_liver_results_name_training_or_scoring(scored_at, expected):
     assert expected in render_markdown(document)
 
 
-def test_model_card_takes_tumour_cost_from_rescore():
+def test_model_card_uses_rescored_tumour_cost():
     def result(command, model_dice):
         runs = {"model_liver": {"tumour_dice": model_dice}, "reference_liver": {"tumour_dice": 0.5}}
         return {

@@ -88,7 +88,7 @@ def test_missing_scan_is_input_error(tmp_path, models_dir):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_label_mask_given_as_scan_is_input_error(tmp_path, models_dir):
+def test_label_mask_as_scan_rejected(tmp_path, models_dir):
     labels = np.zeros((20, 40, 40), dtype=np.uint8)
     labels[5:15, 10:30, 10:30] = 1
     labels[8:12, 15:20, 15:20] = 2

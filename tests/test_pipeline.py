@@ -340,7 +340,7 @@ class _GivenModelLiver(Segmenter):
         return self.model_liver.copy()
 
 
-def test_lesion_bulging_from_model_liver_kept_whole(tmp_path):
+def test_bulging_lesion_kept_whole(tmp_path):
     # A bright lesion sits on the liver's surface with about a third of it outside the liver
     # that the "model" found. The linear tumour model calls HU above 200 tumour.
     write_linear_model(tmp_path, LIVER_MODEL_FILE, make_metadata("liver"))

@@ -116,7 +116,7 @@ def test_intensity_sample_long_scan():
     assert sample.shape[1:] == (128, 128)
 
 
-def test_label_map_values_only_for_label_masks():
+def test_label_map_values_of_masks_only():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, size=(10, 40, 40)).astype(np.uint8)
     ct_hu = rng.normal(40.0, 300.0, size=(10, 40, 40)).astype(np.float32)
