@@ -89,6 +89,11 @@ VARIANTS = {
     "mhp-net-real-only": Variant(
         "tumour", DataOptions(synthetic_copies=0), "MHP-Net without synthetic lesions"
     ),
+    "mhp-net-hyperdense": Variant(
+        "tumour",
+        DataOptions(hyperdense_share=0.3),
+        "MHP-Net, synthetic lesions of either sign, 30 % brighter than the liver",
+    ),
     "no-hessian": Variant("tumour-no-hessian", DataOptions(), "(b) same network and data, no Hessian input"),
     "plain-unet": Variant("tumour-plain-unet", DataOptions(), "(c) plain small 3D U-Net on the CT"),
     "mhp-net-half-lesions": Variant(

@@ -9,7 +9,9 @@ statistics are drawn from the real lesions of the training cases (``measure_lesi
 * shape: an ellipsoid with axes 0.75-1.25 times that diameter, its surface moved by smooth
   noise of up to 15 % of the radius;
 * contrast: the HU difference between a real lesion and the liver around it, times 0.7-1.3,
-  so hypodense and hyperdense lesions both occur when the training cases have them;
+  so hypodense and hyperdense lesions both occur when the training cases have them. With
+  ``hyperdense_share``, the sign is drawn instead: that share of lesions is brighter than the
+  liver by the drawn contrast's size, the rest darker;
 * texture: smooth noise whose standard deviation is the real lesions' HU spread beyond noise.
 
 The change is added to the scan (``hu + weight * (contrast + texture)``), so the liver's own
@@ -110,6 +112,7 @@ def insert_lesions(
     *,
     count: int,
     rng: np.random.Generator,
+    hyperdense_share: float | None = None,
 ):
     """Return a copy of a prepared case with up to ``count`` synthetic lesions in healthy liver.
 
@@ -125,6 +128,9 @@ def insert_lesions(
         Lesions to try to place. A lesion is skipped when no healthy liver voxel is deep
         enough for it.
     rng : numpy.random.Generator
+    hyperdense_share : float, optional
+        Probability that a lesion is brighter than the liver, whatever the sign of the real
+        contrast it copies. None keeps the real lesion's sign.
 
     Returns
     -------
@@ -149,6 +155,8 @@ def insert_lesions(
         if centre is None:
             continue
         contrast_hu = rng.choice(statistics.contrasts_hu) * rng.uniform(0.7, 1.3)
+        if hyperdense_share is not None:
+            contrast_hu = abs(contrast_hu) * (1.0 if rng.random() < hyperdense_share else -1.0)
         _paint(hu, label, centre, diameter_mm, contrast_hu, statistics.texture_std_hu, spacing, rng)
         placed += 1
     logger.info("Case %s: %d synthetic lesions placed", case.case_id, placed)

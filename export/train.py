@@ -244,17 +244,23 @@ class DataOptions:
         Share of the real training lesions that keep their label; the others become
         ``IGNORE_LABEL`` (no loss, never sampled). 1.0 uses all lesions. The learning-curve
         ablation uses about half.
+    hyperdense_share : float, optional
+        Share of synthetic lesions made brighter than the liver, whatever the real lesions'
+        contrasts are. None copies the sign of a real lesion's contrast.
     """
 
     synthetic_copies: int = 2
     synthetic_lesions: int = 3
     lesion_fraction: float = 1.0
+    hyperdense_share: float | None = None
 
     def __post_init__(self):
         if self.synthetic_copies < 0 or self.synthetic_lesions < 0:
             raise ValueError(f"Synthetic counts must be >= 0, got {self}.")
         if not 0 < self.lesion_fraction <= 1:
             raise ValueError(f"lesion_fraction must be in (0, 1], got {self.lesion_fraction}.")
+        if self.hyperdense_share is not None and not 0 <= self.hyperdense_share <= 1:
+            raise ValueError(f"hyperdense_share must be in [0, 1] or None, got {self.hyperdense_share}.")
 
 
 @dataclass(frozen=True)
@@ -511,7 +517,14 @@ def add_synthetic_copies(
         max(statistics.contrasts_hu),
     )
     return [
-        insert_lesions(case, statistics, hessian_metadata, count=options.synthetic_lesions, rng=rng)
+        insert_lesions(
+            case,
+            statistics,
+            hessian_metadata,
+            count=options.synthetic_lesions,
+            rng=rng,
+            hyperdense_share=options.hyperdense_share,
+        )
         for _ in range(options.synthetic_copies)
         for case in prepared
     ]

@@ -39,7 +39,14 @@ from export.networks import MHPNet, PlainUNet, count_parameters  # noqa: E402
 from export.onnx_export import export_onnx, write_card  # noqa: E402
 from export.postprocessing import set_liver_boundary, set_postprocessing, set_tiles  # noqa: E402
 from export.synthetic import insert_lesions, measure_lesions  # noqa: E402
-from export.train import RECIPES, Budget, dice_bce_loss, hold_back_lesions, learning_rate_at  # noqa: E402
+from export.train import (  # noqa: E402
+    RECIPES,
+    Budget,
+    DataOptions,
+    dice_bce_loss,
+    hold_back_lesions,
+    learning_rate_at,
+)
 from mhp_edge.errors import ModelError  # noqa: E402
 from mhp_edge.metadata import METADATA_KEY, card_path_for, parse_metadata, sha256_of_file  # noqa: E402
 from mhp_edge.model import load_model  # noqa: E402
@@ -440,6 +447,28 @@ def test_synthetic_lesions_go_into_healthy_liver_only():
     assert difference[new_tumour].mean() < -30
     assert changed.blob_response.shape == case.hu.shape
     assert np.abs(changed.blob_response[new_tumour]).max() > 0
+
+
+def test_hyperdense_share_sets_lesion_sign():
+    case = two_lesion_case()
+    statistics = measure_lesions([case], case.spacing_zyx_mm)
+    metadata = tumour_metadata({}, response_scale=1.0)
+
+    for share, sign in ((1.0, 1.0), (0.0, -1.0)):
+        changed = insert_lesions(
+            case, statistics, metadata, count=2, rng=np.random.default_rng(0), hyperdense_share=share
+        )
+
+        # The real lesions are 60 HU darker than the liver. A share of 1 paints the synthetic
+        # ones about 60 HU brighter, a share of 0 keeps them darker.
+        new_tumour = (changed.label == 2) & (case.label != 2)
+        assert new_tumour.sum() > 100
+        assert sign * (changed.hu - case.hu)[new_tumour].mean() > 30
+
+
+def test_hyperdense_share_outside_range_is_refused():
+    with pytest.raises(ValueError, match="hyperdense_share"):
+        DataOptions(hyperdense_share=1.5)
 
 
 def test_synthetic_lesions_see_the_context_of_the_crop():
