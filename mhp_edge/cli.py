@@ -355,9 +355,12 @@ def segment(
             scan, output, preview=preview, mask_file=bool(image_suffix(output)), dicom_seg=dicom_seg
         )
         try:
-            report = segment_scan(
-                segmenter, scan, outputs, liver_mask=liver_mask, series=series, overwrite=overwrite
-            )
+            # The summary prints the report's warnings, so stderr does not repeat them.
+            with _warnings_held_from_stderr() as printed:
+                report = segment_scan(
+                    segmenter, scan, outputs, liver_mask=liver_mask, series=series, overwrite=overwrite
+                )
+                printed.update(report["warnings"])
         except MhpEdgeError as err:
             raise _fail(err) from err
         except Exception as err:  # the command line ends with a message and exit code 1
@@ -477,6 +480,41 @@ def _warnings_logged() -> Iterator[list[str]]:
         yield messages
     finally:
         package_logger.removeHandler(collector)
+
+
+@contextlib.contextmanager
+def _warnings_held_from_stderr() -> Iterator[set[str]]:
+    """Hold back mhp_edge warnings of this thread from the log handlers until the block ends.
+
+    Yields a set for the messages the caller prints itself. At the end, the held warnings not in
+    that set are logged, so a failure or a warning missing from the summary still reaches stderr.
+    """
+    held: list[logging.LogRecord] = []
+    thread = threading.get_ident()
+
+    class _Hold(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.thread != thread or record.levelno < logging.WARNING:
+                return True
+            if not record.name.startswith("mhp_edge"):
+                return True
+            if not any(record is other for other in held):
+                held.append(record)
+            return False
+
+    hold = _Hold()
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(hold)
+    printed: set[str] = set()
+    try:
+        yield printed
+    finally:
+        for handler in handlers:
+            handler.removeFilter(hold)
+        for record in held:
+            if record.getMessage() not in printed:
+                logging.getLogger(record.name).handle(record)
 
 
 def _write_mask(mask, path: Path) -> None:

@@ -54,6 +54,17 @@ def test_segment_writes_mask_and_report(tmp_path, scan, models_dir):
     assert "1 lesion(s)" in result.output
 
 
+def test_summary_prints_each_warning_once(tmp_path, scan, models_dir):
+    result = segment(scan, "-o", tmp_path / "out", "--models", models_dir)
+
+    # The phantom's liver is far below a real liver's volume, so the run warns about it.
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "phantom_report.json").read_text())
+    assert report["warnings"]
+    for warning in report["warnings"]:
+        assert result.output.count(warning) == 1, result.output
+
+
 def test_liver_mask_on_other_grid_names_the_mask(tmp_path, scan, models_dir):
     mask_path = tmp_path / "other_grid_liver.nii.gz"
     mask = sitk.Image([16, 16, 8], sitk.sitkUInt8)
