@@ -6,15 +6,17 @@ Usage::
         [--variant mhp-net]
     python -m export.postprocessing LIVER_MODEL.onnx --liver-boundary
     python -m export.postprocessing MODEL.onnx --tiles
+    python -m export.postprocessing LIVER_MODEL.onnx --liver-loco benchmarks/results/liver_loco.json
 
 For a tumour model, the threshold and minimum lesion volume are chosen by
 ``benchmarks.tumour_ablation`` on the out-of-fold probabilities of a leave-one-case-out run
 (``chosen_on_all`` of a variant). For a liver model, ``--liver-boundary`` writes the boundary
 refinement settings of ``export.contract.LIVER_BOUNDARY``. ``--tiles`` makes the graph's spatial
 axes dynamic and writes the tile settings of ``export.contract.TILES`` for the model's task, so the
-runtime runs a whole region as one tile. Training depends on none of them, so they
-can be set after training. This rewrites the metadata in the ONNX file and the card beside it
-(metadata and sha256), and records the source in the provenance.
+runtime runs a whole region as one tile. Training depends on none of them, so they can be set
+after training. This rewrites the metadata in the ONNX file and the card beside it (metadata and
+sha256), and records the source in the provenance. ``--liver-loco`` copies the liver Dice of a
+``benchmarks.liver_loco`` result into a liver model's card and leaves the model file as it is.
 """
 
 from __future__ import annotations
@@ -107,6 +109,37 @@ def set_tiles(model_path: Path) -> tuple[tuple[int, int, int], tuple[int, int, i
     return tile_max_vox, tile_multiple_vox
 
 
+def set_liver_accuracy(model_path: Path, results: dict) -> dict:
+    """Store a liver leave-one-case-out result in a liver model's card, under ``accuracy["liver_loco"]``.
+
+    Parameters
+    ----------
+    model_path : Path
+        An exported liver model with its card beside it. The model file is not changed.
+    results : dict
+        The JSON written by ``benchmarks.liver_loco``.
+
+    Returns
+    -------
+    dict
+        The entry stored: the command, steps per fold, mean liver Dice and each case's.
+    """
+    card_path = card_path_for(Path(model_path))
+    card = json.loads(card_path.read_text())
+    task = card.get("metadata", {}).get("task")
+    if task != "liver":
+        raise ValueError(f"{card_path}: is the card of a {task} model; --liver-loco needs a liver model.")
+    entry = {
+        "command": results["command"],
+        "steps_per_fold": results["steps"],
+        "liver_dice": results["summary"]["liver_dice"],
+        "liver_dice_per_case": {case["case"]: case["liver_dice"] for case in results["cases"]},
+    }
+    card.setdefault("accuracy", {})["liver_loco"] = entry
+    _save_atomic((json.dumps(card, indent=2) + "\n").encode(), card_path)
+    return entry
+
+
 def _rewrite_metadata(
     model_path: Path,
     changes: dict,
@@ -157,12 +190,21 @@ def main(argv: list[str] | None = None) -> int:
         "--liver-boundary", action="store_true", help="write LIVER_BOUNDARY into a liver model"
     )
     source.add_argument("--tiles", action="store_true", help="let the model take a whole region as one tile")
+    source.add_argument("--liver-loco", type=Path, help="liver_loco JSON results to copy into a liver card")
     parser.add_argument("--variant", default="mhp-net", help="variant whose chosen values to use")
     arguments = parser.parse_args(argv)
 
     if arguments.liver_boundary:
         set_liver_boundary(arguments.model, LIVER_BOUNDARY)
         print(f"{arguments.model}: boundary refinement {LIVER_BOUNDARY}")
+        return 0
+
+    if arguments.liver_loco is not None:
+        try:
+            entry = set_liver_accuracy(arguments.model, json.loads(arguments.liver_loco.read_text()))
+        except ValueError as err:
+            parser.error(str(err))
+        print(f"{arguments.model}: liver Dice {entry['liver_dice']['mean']:.3f} leave-one-case-out")
         return 0
 
     if arguments.tiles:

@@ -27,6 +27,7 @@ from export.contract import (  # noqa: E402
 )
 from export.data import (  # noqa: E402
     IGNORE_LABEL,
+    REPO_ROOT,
     Augmentation,
     CaseFiles,
     PatchMix,
@@ -37,7 +38,12 @@ from export.data import (  # noqa: E402
 )
 from export.networks import MHPNet, PlainUNet, count_parameters  # noqa: E402
 from export.onnx_export import export_onnx, write_card  # noqa: E402
-from export.postprocessing import set_liver_boundary, set_postprocessing, set_tiles  # noqa: E402
+from export.postprocessing import (  # noqa: E402
+    set_liver_accuracy,
+    set_liver_boundary,
+    set_postprocessing,
+    set_tiles,
+)
 from export.synthetic import insert_lesions, measure_lesions  # noqa: E402
 from export.train import (  # noqa: E402
     RECIPES,
@@ -574,6 +580,25 @@ def test_liver_boundary_update_keeps_model_loadable(exported, tmp_path):
     loaded = load_model(copy, threads=1)
     assert loaded.metadata.boundary == LIVER_BOUNDARY
     assert json.loads(card_path_for(copy).read_text())["metadata"]["boundary"]["reach_mm"] == 5.0
+
+
+def test_liver_accuracy_goes_into_card_only(exported, tmp_path):
+    _, metadata, model_path, _ = exported
+    copy = tmp_path / model_path.name
+    copy.write_bytes(model_path.read_bytes())
+    card_path_for(copy).write_bytes(card_path_for(model_path).read_bytes())
+    results = json.loads((REPO_ROOT / "benchmarks" / "results" / "liver_loco_steps3000.json").read_text())
+
+    if metadata.task != "liver":
+        with pytest.raises(ValueError, match="needs a liver model"):
+            set_liver_accuracy(copy, results)
+        return
+    set_liver_accuracy(copy, results)
+
+    card = json.loads(card_path_for(copy).read_text())
+    assert card["accuracy"]["liver_loco"]["liver_dice"]["mean"] == pytest.approx(0.934, abs=5e-4)
+    assert card["accuracy"]["liver_loco"]["liver_dice_per_case"]["ircadb_01"] == pytest.approx(0.93, abs=0.01)
+    assert copy.read_bytes() == model_path.read_bytes()
 
 
 @pytest.mark.parametrize("task", ["liver", "tumour"])
