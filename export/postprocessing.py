@@ -128,7 +128,10 @@ def set_liver_accuracy(model_path: Path, results: dict) -> dict:
     card = json.loads(card_path.read_text())
     task = card.get("metadata", {}).get("task")
     if task != "liver":
-        raise ValueError(f"{card_path}: is the card of a {task} model; --liver-loco needs a liver model.")
+        raise ValueError(
+            f"{card_path}: is the card of a {task} model. Give --liver-loco a liver model, such as "
+            "models/liver_net.onnx."
+        )
     entry = {
         "command": results["command"],
         "steps_per_fold": results["steps"],

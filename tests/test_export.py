@@ -590,7 +590,7 @@ def test_liver_accuracy_goes_into_card_only(exported, tmp_path):
     results = json.loads((REPO_ROOT / "benchmarks" / "results" / "liver_loco_steps3000.json").read_text())
 
     if metadata.task != "liver":
-        with pytest.raises(ValueError, match="needs a liver model"):
+        with pytest.raises(ValueError, match="Give --liver-loco a liver model"):
             set_liver_accuracy(copy, results)
         return
     set_liver_accuracy(copy, results)
