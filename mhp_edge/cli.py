@@ -489,7 +489,7 @@ def _warnings_held_from_stderr() -> Iterator[set[str]]:
     Yields a set for the messages the caller prints itself. At the end, the held warnings not in
     that set are logged, so a failure or a warning missing from the summary still reaches stderr.
     """
-    held: list[logging.LogRecord] = []
+    held_records: list[logging.LogRecord] = []
     thread = threading.get_ident()
 
     class _Hold(logging.Filter):
@@ -498,8 +498,8 @@ def _warnings_held_from_stderr() -> Iterator[set[str]]:
                 return True
             if not record.name.startswith("mhp_edge"):
                 return True
-            if not any(record is other for other in held):
-                held.append(record)
+            if not any(record is other for other in held_records):
+                held_records.append(record)
             return False
 
     hold = _Hold()
@@ -512,7 +512,7 @@ def _warnings_held_from_stderr() -> Iterator[set[str]]:
     finally:
         for handler in handlers:
             handler.removeFilter(hold)
-        for record in held:
+        for record in held_records:
             if record.getMessage() not in printed:
                 logging.getLogger(record.name).handle(record)
 

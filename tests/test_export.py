@@ -472,7 +472,7 @@ def test_hyperdense_share_sets_lesion_sign():
         assert sign * (changed.hu - case.hu)[new_tumour].mean() > 30
 
 
-def test_hyperdense_share_outside_range_is_refused():
+def test_hyperdense_share_out_of_range_rejected():
     with pytest.raises(ValueError, match="hyperdense_share"):
         DataOptions(hyperdense_share=1.5)
 
