@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 internal failure (a bug: please report it), 2 invalid u
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import json
@@ -354,20 +355,23 @@ def segment(
         outputs = outputs_for(
             scan, output, preview=preview, mask_file=bool(image_suffix(output)), dicom_seg=dicom_seg
         )
+        # Without -v, the summary prints the report's warnings at the end, so the log does not
+        # repeat them. With -v, the log shows them where they happen.
+        summary_warnings = logging.getLogger().getEffectiveLevel() > logging.INFO
         try:
-            # The summary prints the report's warnings, so stderr does not repeat them.
-            with _warnings_held_from_stderr() as printed:
+            with _warnings_held_from_stderr(summary_warnings) as printed:
                 report = segment_scan(
                     segmenter, scan, outputs, liver_mask=liver_mask, series=series, overwrite=overwrite
                 )
-                printed.update(report["warnings"])
+                if summary_warnings:
+                    printed.update(report["warnings"])
         except MhpEdgeError as err:
             raise _fail(err) from err
         except Exception as err:  # the command line ends with a message and exit code 1
             logger.exception("internal failure on %s", scan)
             raise _fail(err) from err
         report["timings_s"] = {"load_models": round(load_s, 3), **report["timings_s"]}
-        _print_summary(outputs, report)
+        _print_summary(outputs, report, warnings=summary_warnings)
         return
 
     _run_batch(segmenter, batch, output, series=series, preview=preview, overwrite=overwrite)
@@ -470,7 +474,7 @@ def _warnings_logged() -> Iterator[list[str]]:
 
     class _Collector(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            if record.thread == thread:
+            if threading.get_ident() == thread:
                 messages.append(record.getMessage())
 
     collector = _Collector(level=logging.WARNING)
@@ -483,38 +487,52 @@ def _warnings_logged() -> Iterator[list[str]]:
 
 
 @contextlib.contextmanager
-def _warnings_held_from_stderr() -> Iterator[set[str]]:
-    """Hold back mhp_edge warnings of this thread from the log handlers until the block ends.
+def _warnings_held_from_stderr(enabled: bool = True) -> Iterator[collections.Counter]:
+    """Hold back mhp_edge warnings of this thread from the root log handlers until the block ends.
 
-    Yields a set for the messages the caller prints itself. At the end, the held warnings not in
-    that set are logged, so a failure or a warning missing from the summary still reaches stderr.
+    Yields a counter for the messages the caller prints itself. At the end, each held warning is
+    passed to the handlers that held it, unless the counter still has a count of its message, so a
+    failure or a warning missing from the summary still reaches the log, once. With ``enabled``
+    False nothing is held.
     """
-    held_records: list[logging.LogRecord] = []
     thread = threading.get_ident()
+    held: list[tuple[logging.LogRecord, list[logging.Handler]]] = []
 
-    class _Hold(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            if record.thread != thread or record.levelno < logging.WARNING:
-                return True
-            if not record.name.startswith("mhp_edge"):
-                return True
-            if not any(record is other for other in held_records):
-                held_records.append(record)
-            return False
+    def hold_for(handler: logging.Handler) -> logging.Filter:
+        class _Hold(logging.Filter):
+            def filter(self, record: logging.LogRecord) -> bool:
+                # The caller's thread is compared, not record.thread, which logging.logThreads
+                # = False leaves empty.
+                if threading.get_ident() != thread or record.levelno < logging.WARNING:
+                    return True
+                if not record.name.startswith("mhp_edge"):
+                    return True
+                for known, handlers in held:
+                    if known is record:
+                        handlers.append(handler)
+                        return False
+                held.append((record, [handler]))
+                return False
 
-    hold = _Hold()
-    handlers = list(logging.getLogger().handlers)
-    for handler in handlers:
+        return _Hold()
+
+    handlers = list(logging.getLogger().handlers) if enabled else []
+    filters = [hold_for(handler) for handler in handlers]
+    for handler, hold in zip(handlers, filters, strict=True):
         handler.addFilter(hold)
-    printed: set[str] = set()
+    printed: collections.Counter = collections.Counter()
     try:
         yield printed
     finally:
-        for handler in handlers:
+        for handler, hold in zip(handlers, filters, strict=True):
             handler.removeFilter(hold)
-        for record in held_records:
-            if record.getMessage() not in printed:
-                logging.getLogger(record.name).handle(record)
+        for record, holders in held:
+            message = record.getMessage()
+            if printed[message] > 0:
+                printed[message] -= 1
+                continue
+            for handler in holders:
+                handler.handle(record)
 
 
 def _write_mask(mask, path: Path) -> None:
@@ -628,7 +646,11 @@ def _run_cluster_batch(
         raise typer.Exit(EXIT_BATCH_FAILURES)
 
 
-def _print_summary(outputs: ScanOutputs, report: dict) -> None:
+def _print_summary(outputs: ScanOutputs, report: dict, *, warnings: bool) -> None:
+    """Print the outputs, liver, lesions and timings to stdout.
+
+    With ``warnings``, the report's warnings go to stderr, where batches and ``-v`` log them.
+    """
     typer.echo(f"mask:    {outputs.mask}")
     typer.echo(f"report:  {outputs.report}")
     typer.echo(f"lesions: {outputs.lesions_csv}")
@@ -645,8 +667,9 @@ def _print_summary(outputs: ScanOutputs, report: dict) -> None:
             f"{lesion['longest_axial_diameter_mm']:.0f} x {lesion['perpendicular_diameter_mm']:.0f} mm "
             f"axial, centre LPS {tuple(lesion['centroid_lps_mm'])} mm{flag}"
         )
-    for warning in report["warnings"]:
-        typer.echo(f"warning: {warning}")
+    if warnings:
+        for warning in report["warnings"]:
+            typer.echo(f"warning: {warning}", err=True)
     timings = ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in report["timings_s"].items())
     typer.echo(f"time (s): {timings}")
 

@@ -1,6 +1,7 @@
 """The command line: outputs, exit codes and messages, with small linear models."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -9,7 +10,15 @@ from typer.testing import CliRunner
 
 from dicom_factory import write_series
 from mhp_edge import __version__
-from mhp_edge.cli import EXIT_BATCH_FAILURES, EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE, app
+from mhp_edge.cli import (
+    EXIT_BATCH_FAILURES,
+    EXIT_INPUT,
+    EXIT_MODEL,
+    EXIT_OUTPUT,
+    EXIT_USAGE,
+    _warnings_held_from_stderr,
+    app,
+)
 from mhp_edge.pipeline import LIVER_MODEL_FILE, TUMOUR_MODEL_FILE
 from model_factory import make_metadata, write_linear_model
 from phantoms import liver_phantom
@@ -63,6 +72,66 @@ def test_summary_prints_each_warning_once(tmp_path, scan, models_dir):
     assert report["warnings"]
     for warning in report["warnings"]:
         assert result.output.count(warning) == 1, result.output
+        assert f"warning: {warning}" in result.stderr
+
+
+def test_verbose_logs_each_warning_once(tmp_path, scan, models_dir):
+    result = runner.invoke(
+        app, ["-v", "segment", str(scan), "-o", str(tmp_path / "out"), "--models", str(models_dir)]
+    )
+
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "phantom_report.json").read_text())
+    for warning in report["warnings"]:
+        assert result.output.count(warning) == 1, result.output
+        assert f"WARNING mhp_edge.pipeline: {warning}" in result.stderr
+
+
+def test_embedder_handler_gets_each_warning_once(tmp_path, scan, models_dir):
+    messages = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler = _Collect(level=logging.WARNING)
+    logging.getLogger("mhp_edge").addHandler(handler)
+    try:
+        result = segment(scan, "-o", tmp_path / "out", "--models", models_dir)
+    finally:
+        logging.getLogger("mhp_edge").removeHandler(handler)
+
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "phantom_report.json").read_text())
+    assert sorted(messages) == sorted(report["warnings"])
+
+
+def test_held_warnings_logged_once_each():
+    class _Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(level=logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    root_handler, package_handler = _Collect(), _Collect()
+    logging.getLogger().addHandler(root_handler)
+    logging.getLogger("mhp_edge").addHandler(package_handler)
+    try:
+        with _warnings_held_from_stderr() as printed:
+            for message in ("same text", "same text", "other"):
+                logging.getLogger("mhp_edge.pipeline").warning(message)
+            assert root_handler.messages == []
+            printed.update(["same text"])
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+        logging.getLogger("mhp_edge").removeHandler(package_handler)
+
+    # The summary printed one "same text", so the root handler gets the second one and "other".
+    # A handler on the package logger is not held and sees every record once.
+    assert root_handler.messages == ["same text", "other"]
+    assert package_handler.messages == ["same text", "same text", "other"]
 
 
 def test_liver_mask_on_other_grid_names_the_mask(tmp_path, scan, models_dir):
