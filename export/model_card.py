@@ -210,7 +210,8 @@ _BOUNDARY_SETTINGS = {"model": "as in each fold model's metadata", "on": "on", "
 _TILE_SETTINGS = {"model": "as in each fold model's metadata", "off": "windows of the training patch"}
 
 
-def _liver_budget(liver_loco: dict[str, Any]) -> str:
+def liver_budget(liver_loco: dict[str, Any]) -> str:
+    """Return a liver leave-one-case-out run's training budget per fold, in words."""
     if liver_loco.get("steps"):
         return f"{liver_loco['steps']} optimiser steps"
     return f"{liver_loco['minutes']:g} min on {liver_loco['threads']} thread(s)"
@@ -233,7 +234,7 @@ def render_liver_accuracy(
         title,
         "",
         f"Command: `{liver_loco['command']}`. Each fold trained the `{liver_loco['task']}` recipe for "
-        f"{_liver_budget(liver_loco)}; boundary refinement: "
+        f"{liver_budget(liver_loco)}; boundary refinement: "
         f"{_BOUNDARY_SETTINGS.get(liver_loco.get('boundary', 'model'))}; liver inference: "
         f"{_TILE_SETTINGS.get(liver_loco.get('tiles', 'model'))}.",
         "",

@@ -6,7 +6,7 @@ Usage::
         [--variant mhp-net]
     python -m export.postprocessing LIVER_MODEL.onnx --liver-boundary
     python -m export.postprocessing MODEL.onnx --tiles
-    python -m export.postprocessing LIVER_MODEL.onnx --liver-loco benchmarks/results/liver_loco.json
+    python -m export.postprocessing LIVER_MODEL.onnx --liver-loco benchmarks/results/liver_loco_steps3000.json
 
 For a tumour model, the threshold and minimum lesion volume are chosen by
 ``benchmarks.tumour_ablation`` on the out-of-fold probabilities of a leave-one-case-out run
@@ -27,10 +27,12 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import onnx
 
 from export.contract import LIVER_BOUNDARY, TILES
+from export.model_card import liver_budget
 from export.onnx_export import _save_atomic, free_spatial_axes
 from mhp_edge.metadata import (
     METADATA_KEY,
@@ -109,7 +111,7 @@ def set_tiles(model_path: Path) -> tuple[tuple[int, int, int], tuple[int, int, i
     return tile_max_vox, tile_multiple_vox
 
 
-def set_liver_accuracy(model_path: Path, results: dict) -> dict:
+def set_liver_accuracy(model_path: Path, results: Any, *, results_name: str) -> dict:
     """Store a liver leave-one-case-out result in a liver model's card, under ``accuracy["liver_loco"]``.
 
     Parameters
@@ -118,11 +120,20 @@ def set_liver_accuracy(model_path: Path, results: dict) -> dict:
         An exported liver model with its card beside it. The model file is not changed.
     results : dict
         The JSON written by ``benchmarks.liver_loco``.
+    results_name : str
+        The results file's name, stored as the entry's source.
 
     Returns
     -------
     dict
-        The entry stored: the command, steps per fold, mean liver Dice and each case's.
+        The entry stored: source, command, commits, budget and settings of the folds, mean liver
+        Dice and each case's.
+
+    Raises
+    ------
+    ValueError
+        If the card is not a liver model's, or ``results`` is not a liver leave-one-case-out
+        result. The card is then left as it was.
     """
     card_path = card_path_for(Path(model_path))
     card = json.loads(card_path.read_text())
@@ -132,14 +143,35 @@ def set_liver_accuracy(model_path: Path, results: dict) -> dict:
             f"{card_path}: is the card of a {task} model. Give --liver-loco a liver model, such as "
             "models/liver_net.onnx."
         )
-    entry = {
-        "command": results["command"],
-        "steps_per_fold": results["steps"],
-        "liver_dice": results["summary"]["liver_dice"],
-        "liver_dice_per_case": {case["case"]: case["liver_dice"] for case in results["cases"]},
-    }
+    entry = _liver_accuracy_entry(results, results_name)
+
     card.setdefault("accuracy", {})["liver_loco"] = entry
     _save_atomic((json.dumps(card, indent=2) + "\n").encode(), card_path)
+    return entry
+
+
+def _liver_accuracy_entry(results: Any, results_name: str) -> dict:
+    """Check a ``benchmarks.liver_loco`` result and return the card entry made from it."""
+    expected = f"{results_name}: is not a liver leave-one-case-out result of benchmarks.liver_loco"
+    if not isinstance(results, dict) or results.get("task") != "liver":
+        raise ValueError(f"{expected} (its task must be 'liver').")
+    try:
+        mean = results["summary"]["liver_dice"]
+        per_case = {str(case["case"]): float(case["liver_dice"]) for case in results["cases"]}
+        entry = {
+            "source": results_name,
+            "command": str(results["command"]),
+            "commit": results.get("commit"),
+            "budget_per_fold": liver_budget(results),
+            "boundary": results.get("boundary"),
+            "tiles": results.get("tiles"),
+            "liver_dice": {"mean": float(mean["mean"]), "sd": float(mean["sd"]), "n": int(mean["n"])},
+            "liver_dice_per_case": per_case,
+        }
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{expected} (missing or invalid field: {err}).") from err
+    if not per_case or len(per_case) != entry["liver_dice"]["n"]:
+        raise ValueError(f"{expected} ({len(per_case)} cases against n = {entry['liver_dice']['n']}).")
     return entry
 
 
@@ -204,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if arguments.liver_loco is not None:
         try:
-            entry = set_liver_accuracy(arguments.model, json.loads(arguments.liver_loco.read_text()))
+            results = json.loads(arguments.liver_loco.read_text())
+            entry = set_liver_accuracy(arguments.model, results, results_name=arguments.liver_loco.name)
+        except OSError as err:
+            parser.error(f"{err.filename}: cannot be read ({err.strerror}). Check the path.")
         except ValueError as err:
             parser.error(str(err))
         print(f"{arguments.model}: liver Dice {entry['liver_dice']['mean']:.3f} leave-one-case-out")

@@ -587,18 +587,41 @@ def test_liver_accuracy_goes_into_card_only(exported, tmp_path):
     copy = tmp_path / model_path.name
     copy.write_bytes(model_path.read_bytes())
     card_path_for(copy).write_bytes(card_path_for(model_path).read_bytes())
-    results = json.loads((REPO_ROOT / "benchmarks" / "results" / "liver_loco_steps3000.json").read_text())
+    results_dir = REPO_ROOT / "benchmarks" / "results"
+    results = json.loads((results_dir / "liver_loco_steps3000.json").read_text())
 
     if metadata.task != "liver":
         with pytest.raises(ValueError, match="Give --liver-loco a liver model"):
-            set_liver_accuracy(copy, results)
+            set_liver_accuracy(copy, results, results_name="liver_loco_steps3000.json")
         return
-    set_liver_accuracy(copy, results)
+    set_liver_accuracy(copy, results, results_name="liver_loco_steps3000.json")
 
     card = json.loads(card_path_for(copy).read_text())
-    assert card["accuracy"]["liver_loco"]["liver_dice"]["mean"] == pytest.approx(0.934, abs=5e-4)
-    assert card["accuracy"]["liver_loco"]["liver_dice_per_case"]["ircadb_01"] == pytest.approx(0.93, abs=0.01)
+    entry = card["accuracy"]["liver_loco"]
+    assert entry["liver_dice"]["mean"] == pytest.approx(0.934, abs=5e-4)
+    assert entry["liver_dice_per_case"]["ircadb_01"] == pytest.approx(0.93, abs=0.01)
+    assert entry["budget_per_fold"] == "3000 optimiser steps"
     assert copy.read_bytes() == model_path.read_bytes()
+    assert load_model(copy, threads=1).metadata.task == "liver"
+
+
+@pytest.mark.parametrize(
+    "results",
+    [
+        [],
+        {"task": "tumour"},
+        {"task": "liver", "summary": {"liver_dice": 0.93}, "cases": [], "command": "x", "steps": 1},
+    ],
+    ids=["list", "tumour-result", "dice-not-summary"],
+)
+def test_invalid_liver_result_leaves_card(exported, tmp_path, results):
+    copy = copy_model(exported, tmp_path, "liver")
+    card_before = card_path_for(copy).read_bytes()
+
+    with pytest.raises(ValueError, match="is not a liver leave-one-case-out result"):
+        set_liver_accuracy(copy, results, results_name="given.json")
+
+    assert card_path_for(copy).read_bytes() == card_before
 
 
 @pytest.mark.parametrize("task", ["liver", "tumour"])
