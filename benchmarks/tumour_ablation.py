@@ -24,6 +24,8 @@ Variants (``--variants``, default all):
 
 - ``mhp-net``: the shipped recipe, CT and Hessian inputs, synthetic lesions;
 - ``mhp-net-real-only``: the same without synthetic lesions;
+- ``mhp-net-hyperdense``: ``mhp-net`` with 30 % of the synthetic lesions brighter than the liver,
+  whatever the real lesions' contrasts;
 - ``no-hessian``: the same network and data without the Hessian input (ablation b);
 - ``plain-unet``: a plain small 3D U-Net on the CT (ablation c);
 - ``mhp-net-half-lesions``: ``mhp-net`` with half of the real training lesions (ablation d).

@@ -563,6 +563,8 @@ def train_and_export(
             "synthetic_copies": options.synthetic_copies if synthetic else 0,
             "synthetic_lesions_per_copy": options.synthetic_lesions if synthetic else 0,
         }
+        if synthetic and options.hyperdense_share is not None:
+            data_notes["synthetic_hyperdense_share"] = options.hyperdense_share
     preprocessing_s = time.monotonic() - prepare_start
     print(f"[{recipe.task}] {len(prepared)} volumes ready in {preprocessing_s:.1f} s", data_notes, flush=True)
 
