@@ -710,3 +710,7 @@ def info(
             raise _fail(ModelError(f"{card_path}: cannot read model card ({err}).")) from err
         card.pop("metadata", None)
         typer.echo(json.dumps(card, indent=2))
+
+
+if __name__ == "__main__":
+    app()

@@ -207,7 +207,7 @@ def sliding_window_probability(
     if region_mask is not None:
         windows = [w for w in windows if region_mask[w].any()]
     logger.info(
-        "Sliding window: %d of %d tiles of %s voxels over %s",
+        "Sliding window: %d of %d patches of %s voxels over %s",
         len(windows),
         total_windows,
         tuple(patch_shape_vox),

@@ -2,6 +2,8 @@
 
 import json
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -351,3 +353,13 @@ def test_batch_log_lines_name_their_scan(tmp_path, models_dir):
     warnings = [line for line in result.output.splitlines() if line.startswith("WARNING")]
     assert any(": first.nii.gz: " in line for line in warnings), warnings
     assert any(": second.nii.gz: " in line for line in warnings), warnings
+
+
+@pytest.mark.parametrize("module", ["mhp_edge", "mhp_edge.cli"])
+def test_python_m_runs_the_command_line(module):
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--version"], capture_output=True, text=True, check=False
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"mhp-edge {__version__}"
