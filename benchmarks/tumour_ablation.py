@@ -335,9 +335,7 @@ def render_markdown(document: dict[str, Any]) -> str:
         summary = result["summary"]
         threshold, min_mm3 = result["chosen_on_all"]
         lines.append(
-            f"| {name} | {_fmt(summary['tumour_dice'])} | {_fmt(summary['lesion_dice'])} | "
-            f"{_fmt_recall(summary['recall_large'])} | {_fmt_recall(summary['recall_small'])} | "
-            f"{_fmt(summary['false_positives'], 1)} | {_fmt(summary['training_steps'], 0)} | "
+            f"| {name} | {summary_cells(summary)} | {_fmt(summary['training_steps'], 0)} | "
             f"threshold {threshold:g}, min {min_mm3:g} mm^3 |"
         )
     lines += ["", "Variants:", ""]
@@ -365,6 +363,15 @@ def render_markdown(document: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def summary_cells(summary: dict[str, Any]) -> str:
+    """Return a summary's Markdown cells: tumour Dice, per-lesion Dice, both recalls, false positives."""
+    return (
+        f"{_fmt(summary['tumour_dice'])} | {_fmt(summary['lesion_dice'])} | "
+        f"{_fmt_recall(summary['recall_large'])} | {_fmt_recall(summary['recall_small'])} | "
+        f"{_fmt(summary['false_positives'], 1)}"
+    )
 
 
 def _fmt(entry: dict[str, Any], digits: int = 3) -> str:

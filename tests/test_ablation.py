@@ -153,3 +153,18 @@ def test_model_card_uses_rescored_tumour_cost():
     assert "0.450 with the liver model" in page
     assert "`rescored`" in page
     assert "0.200" not in page
+
+
+def test_flip_average_undoes_each_flip():
+    from benchmarks.flip_tta import FLIP_SETS, averaged_over_flips
+
+    rng = np.random.default_rng(0)
+    batch = rng.normal(size=(2, 1, 4, 6, 8)).astype(np.float32)
+
+    # A flip-equivariant model (identity) gives its own output for every flip set. A model that
+    # is not (a running sum along x) gives the mean of the forward and the backward sums.
+    for flips in FLIP_SETS.values():
+        np.testing.assert_allclose(averaged_over_flips(lambda b: b[0], flips)([batch]), batch, atol=1e-6)
+    running_sum = averaged_over_flips(lambda b: np.cumsum(b[0], axis=4), FLIP_SETS["x"])([batch])
+    backward = np.flip(np.cumsum(np.flip(batch, 4), axis=4), 4)
+    np.testing.assert_allclose(running_sum, (np.cumsum(batch, axis=4) + backward) / 2, atol=1e-5)

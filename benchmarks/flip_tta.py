@@ -1,0 +1,137 @@
+"""Flip test-time augmentation scored on the folds of a tumour leave-one-case-out run.
+
+Run from the repository root, after ``benchmarks.tumour_ablation`` trained the folds::
+
+    python -m benchmarks.flip_tta --folds /tmp/mhp-edge-ablation/mhp-net [--threads 2]
+        [--cases DIR] [--out benchmarks/results] [--name flip_tta]
+
+Each fold's tumour model runs on its held-out scan inside the reference liver, as in the
+ablation, once per set of flips: no flip, x, x and y, and all eight combinations of z, y and x.
+Every patch is also run flipped, its logits flipped back, and the logits averaged before the
+runtime blends the patches. Post-processing is chosen on the other held-out cases, as in the
+ablation. The inference time grows with the number of flips (2, 4 and 8 times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from benchmarks.common import write_result_files
+from benchmarks.tumour_ablation import RESULTS_DIR, grid_scores, summarise_variant, summary_cells
+from export.data import default_data_dir, find_cases
+from mhp_edge.io import read_image
+from mhp_edge.pipeline import Segmenter
+
+# Batch axes are (N, channel, z, y, x), so the spatial axes are 2, 3 and 4.
+FLIP_SETS = {
+    "none": [()],
+    "x": [(), (4,)],
+    "xy": [(), (4,), (3,), (3, 4)],
+    "xyz": [axes for count in range(4) for axes in itertools.combinations((2, 3, 4), count)],
+}
+
+
+def averaged_over_flips(
+    predict: Callable[[list[np.ndarray]], np.ndarray], flips: Sequence[tuple[int, ...]]
+) -> Callable[[list[np.ndarray]], np.ndarray]:
+    """Return a predict function that averages ``predict``'s logits over flipped copies of its batches.
+
+    Each entry of ``flips`` names the batch axes to flip (empty: the batches as given). The
+    logits of a flipped copy are flipped back before averaging, float32 (N, 1, z, y, x).
+    """
+
+    def predict_flipped(batches: list[np.ndarray]) -> np.ndarray:
+        total = None
+        for axes in flips:
+            flipped = [np.ascontiguousarray(np.flip(batch, axes)) for batch in batches]
+            logits = np.flip(predict(flipped), axes)
+            total = logits if total is None else total + logits
+        return (total / len(flips)).astype(np.float32)
+
+    return predict_flipped
+
+
+def score_fold(folder: Path, ct_path: Path, label_path: Path, threads: int) -> dict[str, dict]:
+    """Return the grid scores of one fold's held-out scan for every flip set."""
+    segmenter = Segmenter(models_dir=folder, threads=threads)
+    image, label = read_image(ct_path), read_image(label_path)
+    predict = segmenter.tumour_model.predict
+    scores = {}
+    for name, flips in FLIP_SETS.items():
+        segmenter.tumour_model.predict = averaged_over_flips(predict, flips)
+        probability = sitk.GetArrayFromImage(segmenter.tumour_probability(image, label))
+        scores[name] = grid_scores(probability, label)
+        print(f"{folder.name}: flips {name} scored", flush=True)
+    return scores
+
+
+def render_markdown(document: dict) -> str:
+    """Return the results page: one row per flip set."""
+    lines = [
+        "# Flip test-time augmentation (tumour stage, leave-one-case-out folds)",
+        "",
+        f"Command: `{document['command']}`",
+        "",
+        "| flips | passes | tumour Dice | per-lesion Dice | recall >= 10 mm | recall < 10 mm "
+        "| false positives per scan |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, result in document["flip_sets"].items():
+        lines.append(f"| {name} | {len(FLIP_SETS[name])} | {summary_cells(result['summary'])} |")
+    lines += ["", "Per case (tumour Dice, false positives, threshold chosen on the other cases):", ""]
+    for name, summary in document["flip_sets"].items():
+        cells = ", ".join(
+            f"{case['case']} {case['tumour_dice']:.3f} / {case['false_positives']} / {case['threshold']:g}"
+            for case in summary["cases"]
+        )
+        lines.append(f"- {name}: {cells}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.flip_tta", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--folds", type=Path, required=True, help="a variant's folder of tumour_ablation folds"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cases", type=Path, default=None, help="labelled cases (default: the shared data)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--name", default="flip_tta")
+    arguments = parser.parse_args(argv)
+
+    cases = {case.case_id: case for case in find_cases(arguments.cases or default_data_dir() / "cases")}
+    folders = sorted(path.parent for path in arguments.folds.glob("*/fold.json"))
+    if not folders:
+        parser.error(
+            f"{arguments.folds}: no fold.json below it. Train the folds with benchmarks.tumour_ablation."
+        )
+    scores: dict[str, dict] = {name: {} for name in FLIP_SETS}
+    records = {}
+    for folder in folders:
+        case = cases[folder.name]
+        for name, case_scores in score_fold(folder, case.ct_path, case.label_path, arguments.threads).items():
+            scores[name][folder.name] = case_scores
+        records[folder.name] = json.loads((folder / "fold.json").read_text())
+
+    document = {
+        "command": "python -m benchmarks.flip_tta " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "folds": str(arguments.folds),
+        "flip_sets": {name: summarise_variant(scores[name], records) for name in FLIP_SETS},
+    }
+    markdown_path = write_result_files(arguments.out, arguments.name, document, render_markdown(document))
+    print(f"Wrote {markdown_path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
