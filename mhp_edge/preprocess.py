@@ -15,6 +15,7 @@ import SimpleITK as sitk
 
 from mhp_edge.hessian import multiscale_blob_response
 from mhp_edge.metadata import HessianSpec, ModelMetadata
+from mhp_edge.model import available_cpu_count
 
 logger = logging.getLogger(__name__)
 
@@ -119,10 +120,9 @@ def resample_to_spacing(
     old_spacing = np.array(image.GetSpacing(), dtype=np.float64)
     new_size = np.maximum(1, np.ceil(old_size * old_spacing / new_spacing_xyz - 1e-6)).astype(int)
 
-    return sitk.Resample(
+    return _resample(
         image,
         [int(n) for n in new_size],
-        sitk.Transform(),
         interpolator,
         image.GetOrigin(),
         new_spacing_xyz,
@@ -243,7 +243,43 @@ def resample_like(
     image: sitk.Image, reference: sitk.Image, *, interpolator: int, default_value: float = 0.0
 ) -> sitk.Image:
     """Resample an image onto the voxel grid of ``reference`` (size, spacing, origin, direction)."""
-    return sitk.Resample(image, reference, sitk.Transform(), interpolator, default_value, image.GetPixelID())
+    return _resample(
+        image,
+        reference.GetSize(),
+        interpolator,
+        reference.GetOrigin(),
+        reference.GetSpacing(),
+        reference.GetDirection(),
+        default_value,
+        image.GetPixelID(),
+    )
+
+
+def _resample(
+    image: sitk.Image,
+    size_xyz: Sequence[int],
+    interpolator: int,
+    origin: Sequence[float],
+    spacing_xyz: Sequence[float],
+    direction: Sequence[float],
+    default_value: float,
+    pixel_id: int,
+) -> sitk.Image:
+    """Resample ``image`` onto a grid (sizes and spacings in x, y, z order) with threads within the CPU quota.
+
+    ``sitk.Resample`` runs on ITK's default thread count, which comes from the CPUs the process
+    may run on or from ITK's environment variables, not from a container's CPU quota.
+    """
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetSize([int(n) for n in size_xyz])
+    resampler.SetInterpolator(interpolator)
+    resampler.SetOutputOrigin(tuple(origin))
+    resampler.SetOutputSpacing(tuple(spacing_xyz))
+    resampler.SetOutputDirection(tuple(direction))
+    resampler.SetDefaultPixelValue(default_value)
+    resampler.SetOutputPixelType(pixel_id)
+    resampler.SetNumberOfThreads(available_cpu_count())
+    return resampler.Execute(image)
 
 
 def normalise_hu(hu: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
@@ -374,10 +410,9 @@ def resample_box(scan: sitk.Image, box: tuple[slice, slice, slice], metadata: Mo
         after.append(max(0, min(requested_vox, int(np.floor(room_after_vox + 1e-6)))))
     grown_shape_xyz = [int(n + b + a) for n, b, a in zip(hu.shape, before, after, strict=True)][::-1]
     origin = image.TransformContinuousIndexToPhysicalPoint([-float(b) for b in before[::-1]])
-    grown = sitk.Resample(
+    grown = _resample(
         scan,
         grown_shape_xyz,
-        sitk.Transform(),
         sitk.sitkLinear,
         origin,
         image.GetSpacing(),

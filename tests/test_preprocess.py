@@ -140,3 +140,30 @@ def test_upsample_linear_threshold_equals_comparison(outside):
 
     assert mask.dtype == bool
     assert (mask == (probability > 0.5)).all()
+
+
+@pytest.mark.parametrize("interpolator", [sitk.sitkLinear, sitk.sitkNearestNeighbor])
+def test_resampling_equals_simpleitk_resample(interpolator):
+    scan = sitk.Cast(random_scan(), sitk.sitkInt16)
+    scan.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    spacing_zyx_mm = (4.0, 2.1, 1.7)
+    spacing_xyz_mm = spacing_zyx_mm[::-1]
+    size_xyz = [
+        int(np.ceil(n * old / new - 1e-6))
+        for n, old, new in zip(scan.GetSize(), scan.GetSpacing(), spacing_xyz_mm, strict=True)
+    ]
+    pixel_id = scan.GetPixelID() if interpolator == sitk.sitkNearestNeighbor else sitk.sitkFloat32
+    grid = sitk.Resample(
+        scan, size_xyz, sitk.Transform(), interpolator, scan.GetOrigin(), spacing_xyz_mm,
+        scan.GetDirection(), -1024.0, pixel_id,
+    )  # fmt: skip
+    same_type = sitk.Resample(scan, grid, sitk.Transform(), interpolator, -1024.0, scan.GetPixelID())
+
+    resampled = resample_to_spacing(scan, spacing_zyx_mm, interpolator=interpolator, default_value=-1024.0)
+    like = resample_like(scan, grid, interpolator=interpolator, default_value=-1024.0)
+
+    for result, expected in ((resampled, grid), (like, same_type)):
+        assert result.GetPixelID() == expected.GetPixelID()
+        assert result.GetSize() == expected.GetSize()
+        assert result.GetDirection() == expected.GetDirection()
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(result), sitk.GetArrayFromImage(expected))
