@@ -496,7 +496,7 @@ def _warnings_held_from_stderr(enabled: bool = True) -> Iterator[collections.Cou
     False nothing is held.
     """
     thread = threading.get_ident()
-    held: list[tuple[logging.LogRecord, list[logging.Handler]]] = []
+    held_records: list[tuple[logging.LogRecord, list[logging.Handler]]] = []
 
     def hold_for(handler: logging.Handler) -> logging.Filter:
         class _Hold(logging.Filter):
@@ -507,11 +507,11 @@ def _warnings_held_from_stderr(enabled: bool = True) -> Iterator[collections.Cou
                     return True
                 if not record.name.startswith("mhp_edge"):
                     return True
-                for known, handlers in held:
+                for known, handlers in held_records:
                     if known is record:
                         handlers.append(handler)
                         return False
-                held.append((record, [handler]))
+                held_records.append((record, [handler]))
                 return False
 
         return _Hold()
@@ -526,7 +526,7 @@ def _warnings_held_from_stderr(enabled: bool = True) -> Iterator[collections.Cou
     finally:
         for handler, hold in zip(handlers, filters, strict=True):
             handler.removeFilter(hold)
-        for record, holders in held:
+        for record, holders in held_records:
             message = record.getMessage()
             if printed[message] > 0:
                 printed[message] -= 1

@@ -131,7 +131,7 @@ def test_held_warnings_logged_once_each():
         logging.getLogger("mhp_edge").removeHandler(package_handler)
 
     # The summary printed one "same text", so the root handler gets the second one and "other".
-    # A handler on the package logger is not held and sees every record once.
+    # A handler on the package logger is not held and receives every record once.
     assert root_handler.messages == ["same text", "other"]
     assert package_handler.messages == ["same text", "same text", "other"]
 
