@@ -498,26 +498,27 @@ def _warnings_held_from_stderr(enabled: bool = True) -> Iterator[collections.Cou
     thread = threading.get_ident()
     held_records: list[tuple[logging.LogRecord, list[logging.Handler]]] = []
 
-    def hold_for(handler: logging.Handler) -> logging.Filter:
-        class _Hold(logging.Filter):
-            def filter(self, record: logging.LogRecord) -> bool:
-                # The caller's thread is compared, not record.thread, which logging.logThreads
-                # = False leaves empty.
-                if threading.get_ident() != thread or record.levelno < logging.WARNING:
-                    return True
-                if not record.name.startswith("mhp_edge"):
-                    return True
-                for known, handlers in held_records:
-                    if known is record:
-                        handlers.append(handler)
-                        return False
-                held_records.append((record, [handler]))
-                return False
+    class _Hold(logging.Filter):
+        def __init__(self, handler: logging.Handler):
+            super().__init__()
+            self.handler = handler
 
-        return _Hold()
+        def filter(self, record: logging.LogRecord) -> bool:
+            # The caller's thread is compared, not record.thread, which logging.logThreads = False
+            # leaves empty.
+            if threading.get_ident() != thread or record.levelno < logging.WARNING:
+                return True
+            if not record.name.startswith("mhp_edge"):
+                return True
+            for known, holders in held_records:
+                if known is record:
+                    holders.append(self.handler)
+                    return False
+            held_records.append((record, [self.handler]))
+            return False
 
     handlers = list(logging.getLogger().handlers) if enabled else []
-    filters = [hold_for(handler) for handler in handlers]
+    filters = [_Hold(handler) for handler in handlers]
     for handler, hold in zip(handlers, filters, strict=True):
         handler.addFilter(hold)
     printed: collections.Counter = collections.Counter()
