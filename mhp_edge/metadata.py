@@ -130,6 +130,12 @@ class ModelMetadata:
         ``patch_shape_vox``.
     tile_multiple_vox : tuple of int
         Each tile axis is a multiple of this, the network's total downsampling per axis.
+    liver_median_hu : float or None
+        Tumour models only: before clipping and normalisation, the CT input is shifted so that
+        its median inside the liver equals this value in HU. Lesions are then seen by their
+        contrast to the liver, whatever the contrast phase. None (the default, and models
+        exported before this key existed) leaves the HU as they are. The Hessian input is
+        never shifted.
     labels : dict
         Output label values and their meaning, e.g. ``{0: "background", 1: "liver", 2: "tumour"}``.
     provenance : dict
@@ -156,6 +162,7 @@ class ModelMetadata:
     boundary: BoundarySpec | None = None
     tile_max_vox: tuple[int, int, int] | None = None
     tile_multiple_vox: tuple[int, int, int] = (1, 1, 1)
+    liver_median_hu: float | None = None
 
     def window_shape(self, volume_shape_vox: tuple[int, ...]) -> tuple[int, int, int]:
         """Return the (z, y, x) window this model runs on a volume: a tile, or its patch without tiles."""
@@ -206,6 +213,8 @@ class ModelMetadata:
         if self.tile_max_vox is not None:
             document["tile_max_vox"] = list(self.tile_max_vox)
             document["tile_multiple_vox"] = list(self.tile_multiple_vox)
+        if self.liver_median_hu is not None:
+            document["liver_median_hu"] = self.liver_median_hu
         return json.dumps(document, indent=1, sort_keys=True)
 
 
@@ -268,6 +277,7 @@ def parse_metadata(text: str, *, source: str) -> ModelMetadata:
         # Models exported before tiling existed have no tile keys. Runtimes that ignore the keys
         # still run such a model correctly, with windows of its patch shape.
         tile_max = document.get("tile_max_vox")
+        liver_median = document.get("liver_median_hu")
         metadata = ModelMetadata(
             name=str(require("name")),
             task=str(require("task")),
@@ -289,6 +299,7 @@ def parse_metadata(text: str, *, source: str) -> ModelMetadata:
             boundary=boundary,
             tile_max_vox=None if tile_max is None else tuple(int(n) for n in tile_max),
             tile_multiple_vox=tuple(int(n) for n in document.get("tile_multiple_vox", (1, 1, 1))),
+            liver_median_hu=None if liver_median is None else float(liver_median),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ModelError(f"{source}: model metadata has an invalid value ({err!r}).") from err
@@ -337,6 +348,8 @@ def _validate(metadata: ModelMetadata, *, source: str) -> None:
         problems.extend(_boundary_problems(metadata.boundary, task=metadata.task))
     if metadata.tile_max_vox is not None:
         problems.extend(_tile_problems(metadata))
+    if metadata.liver_median_hu is not None and metadata.task != "tumour":
+        problems.append("liver_median_hu applies to tumour models only, which run inside a liver mask")
     if metadata.hessian is not None:
         scales = metadata.hessian.scales_mm
         if not scales or min(scales) <= 0 or list(scales) != sorted(scales):
@@ -372,6 +385,8 @@ def _numbers(metadata: ModelMetadata) -> list[tuple[str, float]]:
         numbers.append(("hessian response_scale", metadata.hessian.response_scale))
         numbers.append(("hessian context_mm", metadata.hessian.context_mm))
         numbers.append(("hessian pyramid_min_sigma_vox", metadata.hessian.pyramid_min_sigma_vox))
+    if metadata.liver_median_hu is not None:
+        numbers.append(("liver_median_hu", metadata.liver_median_hu))
     if metadata.boundary is not None:
         boundary = metadata.boundary
         numbers += [

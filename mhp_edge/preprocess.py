@@ -302,6 +302,27 @@ def normalise_hu(hu: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
     return (clipped - np.float32(metadata.hu_mean)) / np.float32(metadata.hu_std)
 
 
+def liver_hu_offset(hu: np.ndarray, liver: np.ndarray, metadata: ModelMetadata) -> float:
+    """Return the HU to add to the CT so its liver median matches the model's ``liver_median_hu``.
+
+    Parameters
+    ----------
+    hu : ndarray, float32 (z, y, x)
+        CT on the model's grid, in HU.
+    liver : ndarray, bool (z, y, x)
+        Liver voxels of ``hu`` (lesions included).
+    metadata : ModelMetadata
+
+    Returns
+    -------
+    float
+        Offset in HU. 0.0 when the model sets no ``liver_median_hu`` or ``liver`` is empty.
+    """
+    if metadata.liver_median_hu is None or not liver.any():
+        return 0.0
+    return metadata.liver_median_hu - float(np.median(hu[liver]))
+
+
 def hessian_input(
     hu: np.ndarray,
     spacing_zyx_mm: Sequence[float],

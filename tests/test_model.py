@@ -32,6 +32,12 @@ def test_metadata_round_trip():
     assert parse_metadata(metadata.to_json(), source="memory") == metadata
 
 
+def test_liver_median_round_trip():
+    metadata = make_metadata("tumour", liver_median_hu=100.0)
+    assert parse_metadata(metadata.to_json(), source="memory") == metadata
+    assert "liver_median_hu" not in make_metadata("tumour").to_json()
+
+
 def test_liver_boundary_round_trip():
     metadata = make_metadata("liver", boundary=LIVER_BOUNDARY)
     assert parse_metadata(metadata.to_json(), source="memory") == metadata
@@ -152,6 +158,8 @@ def test_patch_shape_mismatch_rejected(tmp_path):
         ({"hu_std": float("nan")}, "hu_std must be finite"),
         ({"tile_max_vox": [4, 16, 16]}, "at least patch_shape_vox"),
         ({"tile_max_vox": [16, 32, 32], "tile_multiple_vox": [8, 8, 5]}, "multiples of"),
+        ({"liver_median_hu": 100.0}, "liver_median_hu applies to tumour models only"),
+        ({"liver_median_hu": "NaN"}, "liver_median_hu must be finite"),
     ],
 )
 def test_inconsistent_metadata_rejected(changes, message):

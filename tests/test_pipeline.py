@@ -387,3 +387,30 @@ def test_liver_boundary_refinement_follows_the_phantom_liver(tmp_path):
     assert dice_by_setting["on"] >= dice_by_setting["off"]
     assert dice_by_setting["on"] > 0.95
     assert (two_threads == liver).all()
+
+
+def test_liver_median_makes_tumour_input_phase_independent(tmp_path):
+    # The same phantom 40 HU brighter, as in a later contrast phase: a model that shifts its
+    # input to a fixed liver median sees both alike, a model without the shift does not.
+    phantom = liver_phantom()
+    brighter = sitk.Cast(phantom, sitk.sitkInt16) + 40
+    liver = sitk.Cast(phantom > 0, sitk.sitkUInt8)
+
+    def probabilities(liver_median_hu):
+        folder = tmp_path / str(liver_median_hu)
+        folder.mkdir()
+        write_linear_model(folder, LIVER_MODEL_FILE, make_metadata("liver"))
+        tumour = make_metadata(
+            "tumour", hu_mean=200.0, hu_clip=(-250.0, 400.0), liver_median_hu=liver_median_hu
+        )
+        write_linear_model(folder, TUMOUR_MODEL_FILE, tumour)
+        segmenter = Segmenter(folder, threads=1)
+        return [
+            sitk.GetArrayFromImage(segmenter.tumour_probability(image, liver))
+            for image in (phantom, brighter)
+        ]
+
+    original, shifted = probabilities(100.0)
+    np.testing.assert_allclose(shifted, original, atol=1e-5)
+    original, shifted = probabilities(None)
+    assert np.abs(shifted - original).max() > 0.1
