@@ -96,6 +96,11 @@ VARIANTS = {
         DataOptions(hyperdense_share=0.3),
         "MHP-Net, synthetic lesions of either sign, 30 % brighter than the liver",
     ),
+    "mhp-net-liver-hu": Variant(
+        "tumour-liver-hu",
+        DataOptions(),
+        "MHP-Net with the CT shifted so its liver median is 100 HU, in training and at run time",
+    ),
     "no-hessian": Variant("tumour-no-hessian", DataOptions(), "(b) same network and data, no Hessian input"),
     "plain-unet": Variant("tumour-plain-unet", DataOptions(), "(c) plain small 3D U-Net on the CT"),
     "mhp-net-half-lesions": Variant(

@@ -140,6 +140,7 @@ def tumour_metadata(
     min_component_mm3: float = TUMOUR_MIN_COMPONENT_MM3,
     uses_hessian: bool = True,
     name: str = "mhp-net",
+    liver_median_hu: float | None = None,
 ) -> ModelMetadata:
     """Build the metadata of the tumour model (``mhp_net.onnx``).
 
@@ -158,6 +159,8 @@ def tumour_metadata(
         False for the ablation models that read the CT alone: one input, no Hessian settings.
     name : str
         Model name in the metadata.
+    liver_median_hu : float, optional
+        Shift the CT input so its liver median is this HU (``ModelMetadata.liver_median_hu``).
     """
     hessian = HessianSpec(
         scales_mm=TUMOUR_HESSIAN_SCALES_MM,
@@ -188,6 +191,7 @@ def tumour_metadata(
         provenance=provenance,
         tile_max_vox=TUMOUR_TILE_MAX_VOX,
         tile_multiple_vox=TUMOUR_TILE_MULTIPLE_VOX,
+        liver_median_hu=liver_median_hu,
     )
 
 

@@ -43,6 +43,7 @@ from mhp_edge.preprocess import (
     clean_scan,
     hessian_input,
     image_spacing_zyx_mm,
+    liver_hu_offset,
     normalise_hu,
     resample_box,
     resample_like,
@@ -457,8 +458,10 @@ class PatchSampler:
         # outside of the scan, and the Hessian input with 0, meaning "no blob".
         missing = np.maximum(0, np.array(self.read_shape_vox) - np.array(case.hu.shape))
         widths = [(int(m) // 2, int(m) - int(m) // 2) for m in missing]
+        # The runtime shifts by the median in its liver mask, which takes in the lesions too.
+        offset_hu = liver_hu_offset(case.hu, case.label > 0, self.metadata)
         volume = {
-            "hu": np.pad(case.hu, widths, constant_values=self.metadata.pad_hu),
+            "hu": np.pad(case.hu + np.float32(offset_hu), widths, constant_values=self.metadata.pad_hu),
             "label": np.pad(case.label, widths, constant_values=0),
         }
         if self.metadata.hessian is not None:

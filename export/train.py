@@ -95,6 +95,9 @@ class Recipe:
         Tumour recipes only: whether the network reads the Hessian input.
     model_name : str
         Name written into the metadata.
+    liver_median_hu : float, optional
+        Tumour recipes only: the liver median HU the CT input is shifted to
+        (``ModelMetadata.liver_median_hu``). None keeps the HU as scanned.
     """
 
     task: str
@@ -109,6 +112,7 @@ class Recipe:
     learning_rate: float = 3e-3
     uses_hessian: bool = True
     model_name: str = ""
+    liver_median_hu: float | None = None
 
 
 _TUMOUR_AUGMENTATION = Augmentation(
@@ -171,6 +175,20 @@ _LIVER_RECIPE = Recipe(
 )
 
 
+_TUMOUR_RECIPE = _tumour_recipe(
+    file_stem=TUMOUR_FILE_STEM,
+    build_network=MHPNet,
+    architecture=(
+        "MHPNet: two full-resolution stems (3x3x3 conv, 4 channels each) on the CT and on its "
+        "multi-scale Hessian blob response, a strided block (1x2x2) to 16 channels at 2.5 mm, "
+        "a 3-level 3D U-Net of 16/32/64 channels there, transposed-conv back to full "
+        "resolution, concatenation with the stems, one 3x3x3 block of 8 channels, batch norm, "
+        "leaky ReLU, 1x1x1 conv to one logit"
+    ),
+    model_name="mhp-net",
+)
+
+
 RECIPES = {
     "liver": _LIVER_RECIPE,
     "liver-instance-norm": replace(
@@ -197,17 +215,14 @@ RECIPES = {
         mix=PatchMix(lesion=0.2, liver=0.3, surface=0.25),
         model_name="liver-net-lesion-patches",
     ),
-    "tumour": _tumour_recipe(
-        file_stem=TUMOUR_FILE_STEM,
-        build_network=MHPNet,
-        architecture=(
-            "MHPNet: two full-resolution stems (3x3x3 conv, 4 channels each) on the CT and on its "
-            "multi-scale Hessian blob response, a strided block (1x2x2) to 16 channels at 2.5 mm, "
-            "a 3-level 3D U-Net of 16/32/64 channels there, transposed-conv back to full "
-            "resolution, concatenation with the stems, one 3x3x3 block of 8 channels, batch norm, "
-            "leaky ReLU, 1x1x1 conv to one logit"
-        ),
-        model_name="mhp-net",
+    "tumour": _TUMOUR_RECIPE,
+    # The labelled cases' liver medians range from 57 to 113 HU, so a lesion's HU says less than
+    # its contrast to the liver. 100 HU is a liver in the portal-venous phase.
+    "tumour-liver-hu": replace(
+        _TUMOUR_RECIPE,
+        file_stem="mhp_net_liver_hu",
+        model_name="mhp-net-liver-hu",
+        liver_median_hu=100.0,
     ),
     "tumour-no-hessian": _tumour_recipe(
         file_stem="mhp_net_no_hessian",
@@ -460,7 +475,11 @@ def build_metadata(recipe: Recipe, cases: Sequence[CaseFiles], cache_dir: Path) 
     scale = measure_response_scale(prepared, percentile=RESPONSE_PERCENTILE)
     logger.info("Hessian response scale: %.3g (%gth percentile in the liver)", scale, RESPONSE_PERCENTILE)
     metadata = tumour_metadata(
-        {}, response_scale=scale, uses_hessian=recipe.uses_hessian, name=recipe.model_name
+        {},
+        response_scale=scale,
+        uses_hessian=recipe.uses_hessian,
+        name=recipe.model_name,
+        liver_median_hu=recipe.liver_median_hu,
     )
     return metadata, prepared
 

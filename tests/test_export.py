@@ -335,6 +335,25 @@ def test_sampler_lesion_patches_hold_tumour():
     assert (weight == 1).all()
 
 
+def test_sampler_shifts_ct_to_the_liver_median():
+    # The synthetic liver is 100 HU with a small 40 HU tumour, so its median is 100 HU.
+    metadata = tumour_metadata({}, response_scale=3.3, liver_median_hu=130.0)
+    sampler = PatchSampler(
+        [synthetic_case()],
+        metadata,
+        patch_shape_vox=SMALL_PATCH_VOX,
+        mix=PatchMix(lesion=1.0, liver=0.0),
+        augmentation=Augmentation(),
+        rng=np.random.default_rng(0),
+    )
+
+    (ct, _), target, _ = sampler.sample(2)
+
+    ct_hu = ct * metadata.hu_std + metadata.hu_mean
+    assert set(np.round(ct_hu[target == 1]).tolist()) == {70.0}
+    assert 130.0 in np.round(ct_hu[target == 0]).tolist()
+
+
 def test_sampler_noise_spread_on_ct_only():
     metadata = tumour_metadata({}, response_scale=3.3)
     case = synthetic_case()
