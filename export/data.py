@@ -7,7 +7,8 @@ order the runtime calls them:
 1. ``clean_scan`` (orientation and HU repair);
 2. for the tumour model, the crop to the reference liver's bounding box plus margin
    (``bounding_box_with_margin``) on the scan's own grid, resampled to the model spacing with
-   the scan around it (``resample_box``);
+   the scan around it (``resample_box``), shifted to the model's liver median HU when it sets
+   one (``shift_to_liver_median``, with the reference liver);
 3. for the liver model, ``resample_to_spacing`` of the whole scan;
 4. for the tumour model, ``hessian_input`` on the crop and its context.
 
@@ -43,11 +44,11 @@ from mhp_edge.preprocess import (
     clean_scan,
     hessian_input,
     image_spacing_zyx_mm,
-    liver_hu_offset,
     normalise_hu,
     resample_box,
     resample_like,
     resample_to_spacing,
+    shift_to_liver_median,
 )
 
 logger = logging.getLogger(__name__)
@@ -252,6 +253,8 @@ def _tumour_arrays(
         resample_like(label_crop, grid.image, interpolator=sitk.sitkNearestNeighbor)
     )
 
+    # The runtime shifts by the median in its liver mask, which takes in the lesions too.
+    grid, _ = shift_to_liver_median(grid, label_array > 0, metadata)
     raw_spec = dataclasses.replace(metadata.hessian, response_scale=1.0)
     response = hessian_input(grid.context_hu, metadata.spacing_zyx_mm, raw_spec, core=grid.core)
     core_bounds = np.array([[part.start, part.stop] for part in grid.core], dtype=np.int64)
@@ -298,6 +301,8 @@ def _cache_key(case: CaseFiles, metadata: ModelMetadata) -> str:
         settings["hessian_hu_clip"] = list(metadata.hessian.hu_clip)
         settings["hessian_context_mm"] = metadata.hessian.context_mm
         settings["hessian_pyramid_min_sigma_vox"] = metadata.hessian.pyramid_min_sigma_vox
+        if metadata.liver_median_hu is not None:
+            settings["liver_median_hu"] = metadata.liver_median_hu
     text = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -458,10 +463,8 @@ class PatchSampler:
         # outside of the scan, and the Hessian input with 0, meaning "no blob".
         missing = np.maximum(0, np.array(self.read_shape_vox) - np.array(case.hu.shape))
         widths = [(int(m) // 2, int(m) - int(m) // 2) for m in missing]
-        # The runtime shifts by the median in its liver mask, which takes in the lesions too.
-        offset_hu = liver_hu_offset(case.hu, case.label > 0, self.metadata)
         volume = {
-            "hu": np.pad(case.hu + np.float32(offset_hu), widths, constant_values=self.metadata.pad_hu),
+            "hu": np.pad(case.hu, widths, constant_values=self.metadata.pad_hu),
             "label": np.pad(case.label, widths, constant_values=0),
         }
         if self.metadata.hessian is not None:

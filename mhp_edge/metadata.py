@@ -131,11 +131,10 @@ class ModelMetadata:
     tile_multiple_vox : tuple of int
         Each tile axis is a multiple of this, the network's total downsampling per axis.
     liver_median_hu : float or None
-        Tumour models only: before clipping and normalisation, the CT input is shifted so that
-        its median inside the liver equals this value in HU. Lesions are then seen by their
-        contrast to the liver, whatever the contrast phase. None (the default, and models
-        exported before this key existed) leaves the HU as they are. The Hessian input is
-        never shifted.
+        Tumour models only: the HU of the crop around the liver are shifted so that their median
+        inside the liver equals this value, before both inputs are computed. A liver is then
+        at one level whatever the contrast phase. None (the default, and models exported
+        before this key existed) leaves the HU as they are.
     labels : dict
         Output label values and their meaning, e.g. ``{0: "background", 1: "liver", 2: "tumour"}``.
     provenance : dict

@@ -45,12 +45,12 @@ from mhp_edge.preprocess import (
     clean_scan,
     hessian_input,
     image_spacing_zyx_mm,
-    liver_hu_offset,
     nonzero_box,
     normalise_hu,
     resample_box,
     resample_like,
     resample_to_spacing,
+    shift_to_liver_median,
     upsample_linear,
 )
 from mhp_edge.report import LIVER_LABEL, TUMOUR_LABEL, Lesion, measure_lesions
@@ -514,14 +514,14 @@ class Segmenter:
             work_liver = resample_like(liver_crop_image, work, interpolator=sitk.sitkNearestNeighbor)
             region = sitk.GetArrayViewFromImage(work_liver) > 0
 
-        offset_hu = liver_hu_offset(grid.hu, region, metadata)
+        grid, offset_hu = shift_to_liver_median(grid, region, metadata)
         if offset_hu:
             logger.info(
-                "Tumour model input shifted by %+.0f HU to a liver median of %.0f HU",
+                "Scan shifted by %+.0f HU for the tumour model, to a liver median of %.0f HU",
                 offset_hu,
                 metadata.liver_median_hu,
             )
-        inputs = [normalise_hu(grid.hu + np.float32(offset_hu), metadata)[np.newaxis]]
+        inputs = [normalise_hu(grid.hu, metadata)[np.newaxis]]
         pad_values = [float(normalise_hu(np.float32(metadata.pad_hu), metadata))]
         if metadata.hessian is not None:
             with timer.stage("hessian"):

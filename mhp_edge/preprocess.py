@@ -6,6 +6,7 @@ inference exactly the input it was trained on. Every constant comes from the mod
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -302,27 +303,6 @@ def normalise_hu(hu: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
     return (clipped - np.float32(metadata.hu_mean)) / np.float32(metadata.hu_std)
 
 
-def liver_hu_offset(hu: np.ndarray, liver: np.ndarray, metadata: ModelMetadata) -> float:
-    """Return the HU to add to the CT so its liver median matches the model's ``liver_median_hu``.
-
-    Parameters
-    ----------
-    hu : ndarray, float32 (z, y, x)
-        CT on the model's grid, in HU.
-    liver : ndarray, bool (z, y, x)
-        Liver voxels of ``hu`` (lesions included).
-    metadata : ModelMetadata
-
-    Returns
-    -------
-    float
-        Offset in HU. 0.0 when the model sets no ``liver_median_hu`` or ``liver`` is empty.
-    """
-    if metadata.liver_median_hu is None or not liver.any():
-        return 0.0
-    return metadata.liver_median_hu - float(np.median(hu[liver]))
-
-
 def hessian_input(
     hu: np.ndarray,
     spacing_zyx_mm: Sequence[float],
@@ -451,6 +431,33 @@ def resample_box(scan: sitk.Image, box: tuple[slice, slice, slice], metadata: Mo
     core = tuple(slice(b, b + n) for b, n in zip(before, hu.shape, strict=True))
     context_hu[core] = hu
     return TumourGrid(crop, image, context_hu, core)
+
+
+def shift_to_liver_median(
+    grid: TumourGrid, liver: np.ndarray, metadata: ModelMetadata
+) -> tuple[TumourGrid, float]:
+    """Shift a grid's HU so its liver median is the model's ``liver_median_hu``.
+
+    Parameters
+    ----------
+    grid : TumourGrid
+    liver : ndarray, bool (z, y, x)
+        Liver voxels (lesions included) on ``grid.image``'s grid.
+    metadata : ModelMetadata
+
+    Returns
+    -------
+    grid : TumourGrid
+        A copy with ``context_hu`` shifted, or ``grid`` itself when the model sets no
+        ``liver_median_hu`` or ``liver`` is empty. The pixels of ``grid.image`` stay as read,
+        because callers use it for its geometry alone.
+    offset_hu : float
+        The HU added to every voxel, 0.0 when unchanged.
+    """
+    if metadata.liver_median_hu is None or not liver.any():
+        return grid, 0.0
+    offset_hu = metadata.liver_median_hu - float(np.median(grid.hu[liver]))
+    return dataclasses.replace(grid, context_hu=grid.context_hu + np.float32(offset_hu)), offset_hu
 
 
 def nonzero_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:

@@ -335,25 +335,6 @@ def test_sampler_lesion_patches_hold_tumour():
     assert (weight == 1).all()
 
 
-def test_sampler_shifts_ct_to_the_liver_median():
-    # The synthetic liver is 100 HU with a small 40 HU tumour, so its median is 100 HU.
-    metadata = tumour_metadata({}, response_scale=3.3, liver_median_hu=130.0)
-    sampler = PatchSampler(
-        [synthetic_case()],
-        metadata,
-        patch_shape_vox=SMALL_PATCH_VOX,
-        mix=PatchMix(lesion=1.0, liver=0.0),
-        augmentation=Augmentation(),
-        rng=np.random.default_rng(0),
-    )
-
-    (ct, _), target, _ = sampler.sample(2)
-
-    ct_hu = ct * metadata.hu_std + metadata.hu_mean
-    assert set(np.round(ct_hu[target == 1]).tolist()) == {70.0}
-    assert 130.0 in np.round(ct_hu[target == 0]).tolist()
-
-
 def test_sampler_noise_spread_on_ct_only():
     metadata = tumour_metadata({}, response_scale=3.3)
     case = synthetic_case()
@@ -517,7 +498,8 @@ def test_synthetic_lesions_see_the_context_of_the_crop():
     np.testing.assert_array_equal(changed.blob_response, expected)
 
 
-def test_prepared_tumour_case_carries_context(tmp_path):
+def write_block_case(folder: Path) -> CaseFiles:
+    """Write a 100 HU liver block with a small tumour in -50 HU surroundings; return its files."""
     hu = np.full((40, 120, 120), -50.0, dtype=np.float32)
     hu[12:28, 40:80, 40:80] = 100.0
     label = np.zeros(hu.shape, dtype=np.uint8)
@@ -527,12 +509,17 @@ def test_prepared_tumour_case_carries_context(tmp_path):
     for name, array in (("ct", hu), ("label", label)):
         image = sitk.GetImageFromArray(array)
         image.SetSpacing((1.25, 1.25, 2.5))
-        paths.append(tmp_path / f"case_01_{name}.nii.gz")
+        paths.append(folder / f"case_01_{name}.nii.gz")
         sitk.WriteImage(image, str(paths[-1]))
+    return CaseFiles("case_01", *paths)
+
+
+def test_prepared_tumour_case_carries_context(tmp_path):
+    case = write_block_case(tmp_path)
     metadata = tumour_metadata({}, response_scale=1.0)
 
-    prepared = prepare_case(CaseFiles("case_01", *paths), metadata, cache_dir=tmp_path / "cache")
-    cached = prepare_case(CaseFiles("case_01", *paths), metadata, cache_dir=tmp_path / "cache")
+    prepared = prepare_case(case, metadata, cache_dir=tmp_path / "cache")
+    cached = prepare_case(case, metadata, cache_dir=tmp_path / "cache")
 
     # The crop is the liver box plus 10 mm. The context (64 mm) is cut by the scan's edges.
     assert prepared.hu.shape == (24, 56, 56)
@@ -542,6 +529,20 @@ def test_prepared_tumour_case_carries_context(tmp_path):
     assert prepared.blob_response.shape == prepared.hu.shape
     np.testing.assert_array_equal(cached.context_hu, prepared.context_hu)
     assert cached.core == prepared.core
+
+
+def test_prepared_case_shifted_to_liver_median(tmp_path):
+    case = write_block_case(tmp_path)
+    plain = prepare_case(case, tumour_metadata({}, response_scale=1.0), cache_dir=tmp_path / "cache")
+    metadata = tumour_metadata({}, response_scale=1.0, liver_median_hu=130.0)
+
+    shifted = prepare_case(case, metadata, cache_dir=tmp_path / "cache")
+
+    # The liver block is 100 HU, so every voxel moves by +30 HU, and the Hessian reads the shifted HU.
+    assert np.median(shifted.hu[shifted.label > 0]) == 130.0
+    np.testing.assert_allclose(shifted.context_hu, plain.context_hu + 30.0)
+    expected = hessian_input(shifted.context_hu, metadata.spacing_zyx_mm, metadata.hessian, core=shifted.core)
+    np.testing.assert_allclose(shifted.blob_response, expected, atol=1e-6)
 
 
 def test_hold_back_lesions_marks_the_rest_ignored():

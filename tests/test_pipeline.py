@@ -390,8 +390,8 @@ def test_liver_boundary_refinement_follows_the_phantom_liver(tmp_path):
 
 
 def test_liver_median_makes_tumour_input_phase_independent(tmp_path):
-    # The same phantom 40 HU brighter, as in a later contrast phase: a model that shifts its
-    # input to a fixed liver median sees both alike, a model without the shift does not.
+    # The same phantom 40 HU brighter, as in a later contrast phase. A model that shifts its
+    # input to a fixed liver median returns the same probability for both, a model without it does not.
     phantom = liver_phantom()
     brighter = sitk.Cast(phantom, sitk.sitkInt16) + 40
     liver = sitk.Cast(phantom > 0, sitk.sitkUInt8)

@@ -13,6 +13,7 @@ from mhp_edge.preprocess import (
     resample_box,
     resample_like,
     resample_to_spacing,
+    shift_to_liver_median,
     upsample_linear,
 )
 from model_factory import make_metadata
@@ -167,3 +168,28 @@ def test_resampling_equals_simpleitk_resample(interpolator):
         assert result.GetSize() == expected.GetSize()
         assert result.GetDirection() == expected.GetDirection()
         np.testing.assert_array_equal(sitk.GetArrayFromImage(result), sitk.GetArrayFromImage(expected))
+
+
+def test_liver_median_shift_moves_whole_grid():
+    metadata = dataclasses.replace(tumour_metadata(20.0), liver_median_hu=100.0)
+    grid = resample_box(random_scan(), (slice(10, 30), slice(30, 90), slice(25, 85)), metadata)
+    liver = np.zeros(grid.hu.shape, dtype=bool)
+    liver[2:6, 10:20, 10:20] = True
+
+    shifted, offset_hu = shift_to_liver_median(grid, liver, metadata)
+
+    assert np.median(shifted.hu[liver]) == pytest.approx(100.0, abs=1e-3)
+    np.testing.assert_allclose(shifted.context_hu - grid.context_hu, offset_hu, atol=1e-3)
+    assert shifted.core == grid.core
+
+
+def test_no_liver_or_no_setting_keeps_grid():
+    metadata = tumour_metadata(20.0)
+    grid = resample_box(random_scan(), (slice(10, 30), slice(30, 90), slice(25, 85)), metadata)
+    liver = np.ones(grid.hu.shape, dtype=bool)
+
+    with_setting = dataclasses.replace(metadata, liver_median_hu=100.0)
+    for liver_mask, model in ((liver, metadata), (np.zeros_like(liver), with_setting)):
+        result, offset_hu = shift_to_liver_median(grid, liver_mask, model)
+        assert result is grid
+        assert offset_hu == 0.0
