@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,8 +24,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from benchmarks.common import write_result_files
-from benchmarks.tumour_ablation import RESULTS_DIR, grid_scores, summarise_variant, summary_cells
-from export.data import default_data_dir, find_cases
+from benchmarks.tumour_ablation import (
+    RESULTS_DIR,
+    grid_scores,
+    rescore_folds,
+    summarise_variant,
+    summary_cells,
+)
+from export.data import CaseFiles, default_data_dir
 from mhp_edge.io import read_image
 from mhp_edge.pipeline import Segmenter
 
@@ -59,10 +64,10 @@ def averaged_over_flips(
     return predict_flipped
 
 
-def score_fold(folder: Path, ct_path: Path, label_path: Path, threads: int) -> dict[str, dict]:
+def score_fold(folder: Path, case: CaseFiles, threads: int) -> dict[str, dict]:
     """Return the grid scores of one fold's held-out scan for every flip set."""
     segmenter = Segmenter(models_dir=folder, threads=threads)
-    image, label = read_image(ct_path), read_image(label_path)
+    image, label = read_image(case.ct_path), read_image(case.label_path)
     predict = segmenter.tumour_model.predict
     scores = {}
     for name, flips in FLIP_SETS.items():
@@ -109,19 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="flip_tta")
     arguments = parser.parse_args(argv)
 
-    cases = {case.case_id: case for case in find_cases(arguments.cases or default_data_dir() / "cases")}
-    folders = sorted(path.parent for path in arguments.folds.glob("*/fold.json"))
-    if not folders:
-        parser.error(
-            f"{arguments.folds}: no fold.json below it. Train the folds with benchmarks.tumour_ablation."
+    cases_dir = arguments.cases or default_data_dir() / "cases"
+    try:
+        scores, records = rescore_folds(
+            arguments.folds, cases_dir, lambda folder, case: score_fold(folder, case, arguments.threads)
         )
-    scores: dict[str, dict] = {name: {} for name in FLIP_SETS}
-    records = {}
-    for folder in folders:
-        case = cases[folder.name]
-        for name, case_scores in score_fold(folder, case.ct_path, case.label_path, arguments.threads).items():
-            scores[name][folder.name] = case_scores
-        records[folder.name] = json.loads((folder / "fold.json").read_text())
+    except ValueError as error:
+        parser.error(str(error))
 
     document = {
         "command": "python -m benchmarks.flip_tta " + " ".join(argv if argv is not None else sys.argv[1:]),

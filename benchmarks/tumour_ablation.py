@@ -45,6 +45,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from itertools import product
 from pathlib import Path
@@ -293,6 +294,45 @@ def summarise_variant(scores: dict[str, dict], folds: dict[str, dict]) -> dict[s
     }
     chosen = choose_postprocessing(scores, case_ids)
     return {"cases": per_case, "summary": summary, "chosen_on_all": list(chosen)}
+
+
+def rescore_folds(
+    folds: Path, cases_dir: Path, score_fold: Callable[[Path, CaseFiles], dict[str, dict]]
+) -> tuple[dict[str, dict[str, dict]], dict[str, dict]]:
+    """Score the held-out case of every fold below ``folds`` under several settings.
+
+    Parameters
+    ----------
+    folds : Path
+        One variant's folder of folds, each holding ``fold.json`` and the fold's models.
+    cases_dir : Path
+        Labelled cases.
+    score_fold : callable
+        ``score_fold(fold_folder, case)`` returns ``{setting: grid_scores(...)}``.
+
+    Returns
+    -------
+    scores : dict
+        ``scores[setting][case_id]``: grid scores, ready for ``summarise_variant``.
+    records : dict
+        ``records[case_id]``: the fold's ``fold.json``.
+
+    Raises
+    ------
+    ValueError
+        If ``folds`` contains no fold.
+    """
+    folders = sorted(path.parent for path in folds.glob("*/fold.json"))
+    if not folders:
+        raise ValueError(f"{folds}: no fold.json below it. Train the folds with benchmarks.tumour_ablation.")
+    cases = {case.case_id: case for case in find_cases(cases_dir)}
+    scores: dict[str, dict[str, dict]] = {}
+    records = {}
+    for folder in folders:
+        for setting, case_scores in score_fold(folder, cases[folder.name]).items():
+            scores.setdefault(setting, {})[folder.name] = case_scores
+        records[folder.name] = json.loads((folder / "fold.json").read_text())
+    return scores, records
 
 
 def _mean_sd(values: list) -> dict[str, Any]:

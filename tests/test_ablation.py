@@ -168,3 +168,24 @@ def test_flip_average_undoes_each_flip():
     running_sum = averaged_over_flips(lambda b: np.cumsum(b[0], axis=4), FLIP_SETS["x"])([batch])
     backward = np.flip(np.cumsum(np.flip(batch, 4), axis=4), 4)
     np.testing.assert_allclose(running_sum, (np.cumsum(batch, axis=4) + backward) / 2, atol=1e-5)
+
+
+def test_shifted_scan_keeps_its_geometry():
+    from benchmarks.hu_shift import shifted
+
+    image = sitk.GetImageFromArray(np.array([[[-1024, 0, 57]]], dtype=np.int16))
+    image.SetSpacing((0.8, 0.7, 2.5))
+    image.SetOrigin((-10.0, 20.0, 30.0))
+
+    result = shifted(image, -40.0)
+
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(result), [[[-1064.0, -40.0, 17.0]]])
+    assert result.GetSpacing() == image.GetSpacing()
+    assert result.GetOrigin() == image.GetOrigin()
+
+
+def test_rescoring_an_empty_folder_names_it(tmp_path):
+    from benchmarks.tumour_ablation import rescore_folds
+
+    with pytest.raises(ValueError, match=f"{tmp_path}: no fold.json"):
+        rescore_folds(tmp_path, tmp_path, lambda folder, case: {})
