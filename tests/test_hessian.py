@@ -176,7 +176,8 @@ def test_core_response_does_not_depend_on_the_cut(pyramid):
     if not pyramid:
         # Without subsampling every voxel of the whole volume is computed the same way, up to
         # float32 rounding: the matrix products group the sums by the block a voxel falls in.
-        np.testing.assert_allclose(generous, whole[core], rtol=1e-5, atol=1e-6)
+        # The eigenvalues' arccos magnifies that rounding where two eigenvalues nearly agree.
+        np.testing.assert_allclose(generous, whole[core], rtol=1e-4, atol=1e-5)
 
 
 def test_core_without_context_differs_near_its_faces():
