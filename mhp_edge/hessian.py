@@ -396,6 +396,22 @@ def blob_response(largest: np.ndarray, smallest: np.ndarray, middle: np.ndarray)
     return np.where(bright, bright_value, response).astype(np.float32, copy=False)
 
 
+def _definite_indices(
+    hzz: np.ndarray, hyy: np.ndarray, hxx: np.ndarray, hzy: np.ndarray, hzx: np.ndarray, hyx: np.ndarray
+) -> np.ndarray:
+    """Return the flat indices of the positive or negative definite matrices, by Sylvester's criterion.
+
+    Only definite matrices have eigenvalues of one sign, so only they get a nonzero blob
+    response. In a CT liver region they are about a fifth of the voxels, and testing the leading
+    minors costs a third of the eigenvalues. Matrices near the boundary, with an eigenvalue near
+    0, may be classed either way, and their response is near 0 either way.
+    """
+    minor = hzz * hyy - hzy * hzy
+    cofactors = (hyy * hxx - hyx * hyx, hzy * hxx - hyx * hzx, hzy * hyx - hyy * hzx)
+    determinant = hzz * cofactors[0] - hzy * cofactors[1] + hzx * cofactors[2]
+    return np.flatnonzero((minor > 0) & (hzz * determinant > 0))
+
+
 def accumulate_blob_response(
     entries: Sequence[np.ndarray],
     dark: np.ndarray,
@@ -425,10 +441,16 @@ def accumulate_blob_response(
 
     def update(start: int) -> None:
         chunk = slice(start, start + _EIGEN_CHUNK_VOX)
-        largest, middle, smallest = symmetric_eigenvalues(*(entry[chunk] for entry in flat))
+        entries_chunk = [entry[chunk] for entry in flat]
+        definite = _definite_indices(*entries_chunk)
+        if definite.size == 0:
+            return
+
+        largest, middle, smallest = symmetric_eigenvalues(*(entry[definite] for entry in entries_chunk))
         response = blob_response(largest, smallest, middle)
-        np.maximum(dark_flat[chunk], response, out=dark_flat[chunk])
-        np.maximum(bright_flat[chunk], -response, out=bright_flat[chunk])
+        dark_chunk, bright_chunk = dark_flat[chunk], bright_flat[chunk]
+        dark_chunk[definite] = np.maximum(dark_chunk[definite], response)
+        bright_chunk[definite] = np.maximum(bright_chunk[definite], -response)
 
     # Chunks write disjoint slices, so they may run in any order and in parallel.
     for _ in _map(update, range(0, dark_flat.size, _EIGEN_CHUNK_VOX), executor):
