@@ -57,6 +57,11 @@ def render_model_section(card: dict[str, Any]) -> list[str]:
         f"{tuple(metadata.get('hu_clip', ()))} HU, then "
         f"(HU - {metadata.get('hu_mean')}) / {metadata.get('hu_std')}.",
     ]
+    if metadata.get("liver_median_hu") is not None:
+        lines.append(
+            f"- Before both inputs are computed, the crop's HU are shifted so that the liver's median "
+            f"is {metadata['liver_median_hu']} HU."
+        )
     if metadata.get("tile_max_vox"):
         region = "whole resampled scan" if card["task"] == "liver" else "resampled liver crop"
         lines.append(

@@ -189,3 +189,28 @@ def test_rescoring_an_empty_folder_names_it(tmp_path):
 
     with pytest.raises(ValueError, match=f"{tmp_path}: no fold.json"):
         rescore_folds(tmp_path, tmp_path, lambda folder, case: {})
+
+
+def test_model_card_names_the_liver_median():
+    import json
+
+    from export.model_card import render_model_section
+    from model_factory import make_metadata
+
+    def card(metadata):
+        return {
+            "name": "test-tumour",
+            "model_file": "mhp_net.onnx",
+            "task": "tumour",
+            "architecture": "A test network.",
+            "parameters": 10,
+            "training_cases": ["case_01"],
+            "sha256": "0" * 64,
+            "metadata": json.loads(metadata.to_json()),
+        }
+
+    shifted = "\n".join(render_model_section(card(make_metadata("tumour", liver_median_hu=100.0))))
+    plain = "\n".join(render_model_section(card(make_metadata("tumour"))))
+
+    assert "the liver's median is 100.0 HU" in shifted
+    assert "median" not in plain
