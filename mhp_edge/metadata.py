@@ -347,8 +347,8 @@ def _validate(metadata: ModelMetadata, *, source: str) -> None:
         problems.extend(_boundary_problems(metadata.boundary, task=metadata.task))
     if metadata.tile_max_vox is not None:
         problems.extend(_tile_problems(metadata))
-    if metadata.liver_median_hu is not None and metadata.task != "tumour":
-        problems.append("liver_median_hu applies to tumour models only, which run inside a liver mask")
+    if metadata.liver_median_hu is not None:
+        problems.extend(_liver_median_problems(metadata))
     if metadata.hessian is not None:
         scales = metadata.hessian.scales_mm
         if not scales or min(scales) <= 0 or list(scales) != sorted(scales):
@@ -412,6 +412,21 @@ def _boundary_problems(boundary: BoundarySpec, *, task: str) -> list[str]:
     if not boundary.tissue_hu[0] < boundary.tissue_hu[1]:
         problems.append(f"boundary tissue_hu {boundary.tissue_hu} is not an increasing pair")
     return problems
+
+
+def _liver_median_problems(metadata: ModelMetadata) -> list[str]:
+    # A liver median at or beyond a clip bound saturates the liver in that input.
+    median = metadata.liver_median_hu
+    if metadata.task != "tumour":
+        return ["liver_median_hu applies to tumour models only, which run inside a liver mask"]
+    windows = [("hu_clip", metadata.hu_clip)]
+    if metadata.hessian is not None:
+        windows.append(("hessian hu_clip", metadata.hessian.hu_clip))
+    return [
+        f"liver_median_hu {median} must lie inside {name} {window}"
+        for name, window in windows
+        if math.isfinite(median) and not window[0] < median < window[1]
+    ]
 
 
 def _tile_problems(metadata: ModelMetadata) -> list[str]:

@@ -38,6 +38,17 @@ def test_liver_median_round_trip():
     assert "liver_median_hu" not in make_metadata("tumour").to_json()
 
 
+@pytest.mark.parametrize(
+    ("liver_median_hu", "message"),
+    [(1e6, "inside hu_clip"), (-250.0, "inside hu_clip"), (220.0, "inside hessian hu_clip")],
+)
+def test_liver_median_outside_clip_rejected(liver_median_hu, message):
+    document = json.loads(make_metadata("tumour").to_json())
+    document["liver_median_hu"] = liver_median_hu
+    with pytest.raises(ModelError, match=message):
+        parse_metadata(json.dumps(document), source="model.onnx")
+
+
 def test_liver_boundary_round_trip():
     metadata = make_metadata("liver", boundary=LIVER_BOUNDARY)
     assert parse_metadata(metadata.to_json(), source="memory") == metadata
