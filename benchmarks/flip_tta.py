@@ -26,6 +26,7 @@ import SimpleITK as sitk
 from benchmarks.common import write_result_files
 from benchmarks.tumour_ablation import (
     RESULTS_DIR,
+    find_folds,
     grid_scores,
     rescore_folds,
     summarise_variant,
@@ -116,11 +117,10 @@ def main(argv: list[str] | None = None) -> int:
 
     cases_dir = arguments.cases or default_data_dir() / "cases"
     try:
-        scores, records = rescore_folds(
-            arguments.folds, cases_dir, lambda folder, case: score_fold(folder, case, arguments.threads)
-        )
+        folds = find_folds(arguments.folds, cases_dir)
     except ValueError as error:
         parser.error(str(error))
+    scores, records = rescore_folds(folds, lambda folder, case: score_fold(folder, case, arguments.threads))
 
     document = {
         "command": "python -m benchmarks.flip_tta " + " ".join(argv if argv is not None else sys.argv[1:]),

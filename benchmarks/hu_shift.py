@@ -25,6 +25,7 @@ import SimpleITK as sitk
 from benchmarks.common import write_result_files
 from benchmarks.tumour_ablation import (
     RESULTS_DIR,
+    find_folds,
     grid_scores,
     rescore_folds,
     summarise_variant,
@@ -94,17 +95,25 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
 
     cases_dir = arguments.cases or default_data_dir() / "cases"
+    names = [folds.name for folds in arguments.folds]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        parser.error(
+            f"--folds names the variant {', '.join(repeated)} twice, but results are keyed by "
+            "folder name. Rename one of the folders."
+        )
+    # Check every variant before scoring any, so a bad folder does not discard finished scores.
+    try:
+        found = {folds.name: find_folds(folds, cases_dir) for folds in arguments.folds}
+    except ValueError as error:
+        parser.error(str(error))
+
     variants = {}
-    for folds in arguments.folds:
-        try:
-            scores, records = rescore_folds(
-                folds,
-                cases_dir,
-                lambda folder, case: score_fold(folder, case, arguments.shifts_hu, arguments.threads),
-            )
-        except ValueError as error:
-            parser.error(str(error))
-        variants[folds.name] = {shift: summarise_variant(scores[shift], records) for shift in scores}
+    for name, folds in found.items():
+        scores, records = rescore_folds(
+            folds, lambda folder, case: score_fold(folder, case, arguments.shifts_hu, arguments.threads)
+        )
+        variants[name] = {shift: summarise_variant(scores[shift], records) for shift in scores}
 
     document = {
         "command": "python -m benchmarks.hu_shift " + " ".join(argv if argv is not None else sys.argv[1:]),

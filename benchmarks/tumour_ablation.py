@@ -45,7 +45,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from itertools import product
 from pathlib import Path
@@ -296,10 +296,17 @@ def summarise_variant(scores: dict[str, dict], folds: dict[str, dict]) -> dict[s
     return {"cases": per_case, "summary": summary, "chosen_on_all": list(chosen)}
 
 
-def rescore_folds(
-    folds: Path, cases_dir: Path, score_fold: Callable[[Path, CaseFiles], dict[str, dict]]
-) -> tuple[dict[str, dict[str, dict]], dict[str, dict]]:
-    """Score the held-out case of every fold below ``folds`` under several settings.
+@dataclass(frozen=True)
+class Fold:
+    """One trained fold: its folder, held-out case and ``fold.json`` record."""
+
+    folder: Path
+    case: CaseFiles
+    record: dict[str, Any]
+
+
+def find_folds(folds: Path, cases_dir: Path) -> list[Fold]:
+    """Find the folds below one variant's folder and check them before any scoring.
 
     Parameters
     ----------
@@ -307,6 +314,60 @@ def rescore_folds(
         One variant's folder of folds, each holding ``fold.json`` and the fold's models.
     cases_dir : Path
         Labelled cases.
+
+    Raises
+    ------
+    ValueError
+        If ``folds`` is not a folder, contains fewer than 2 folds (post-processing is chosen on the
+        other held-out cases), a ``fold.json`` cannot be read, or a held-out case is not in
+        ``cases_dir``.
+    """
+    if not folds.is_dir():
+        raise ValueError(f"{folds}: folder not found. Pass a variant folder of benchmarks.tumour_ablation.")
+    folders = sorted(path.parent for path in folds.glob("*/fold.json"))
+    if not folders:
+        variants = sorted({path.parent.parent.name for path in folds.glob("*/*/fold.json")})
+        hint = (
+            f"It contains the variant folders {', '.join(variants)}: pass one of them."
+            if variants
+            else "Train the folds with benchmarks.tumour_ablation."
+        )
+        raise ValueError(f"{folds}: no fold.json in its subfolders. {hint}")
+    if len(folders) < 2:
+        raise ValueError(
+            f"{folds}: only the fold {folders[0].name} was found, but post-processing is chosen on "
+            "the other held-out cases, so at least 2 folds are needed."
+        )
+    try:
+        cases = {case.case_id: case for case in find_cases(cases_dir)}
+    except FileNotFoundError as error:
+        raise ValueError(str(error)) from error
+
+    found = []
+    for folder in folders:
+        record_path = folder / "fold.json"
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"{record_path}: invalid fold record ({error}).") from error
+        if folder.name not in cases:
+            raise ValueError(
+                f"{folder}: its held-out case {folder.name} is not in {cases_dir}. Pass --cases "
+                "with the cases the folds were trained on."
+            )
+        found.append(Fold(folder, cases[folder.name], record))
+    return found
+
+
+def rescore_folds(
+    folds: Sequence[Fold], score_fold: Callable[[Path, CaseFiles], dict[str, dict]]
+) -> tuple[dict[str, dict[str, dict]], dict[str, dict]]:
+    """Score the held-out case of every fold under several settings.
+
+    Parameters
+    ----------
+    folds : sequence of Fold
+        As ``find_folds`` returns them.
     score_fold : callable
         ``score_fold(fold_folder, case)`` returns ``{setting: grid_scores(...)}``.
 
@@ -316,22 +377,13 @@ def rescore_folds(
         ``scores[setting][case_id]``: grid scores, ready for ``summarise_variant``.
     records : dict
         ``records[case_id]``: the fold's ``fold.json``.
-
-    Raises
-    ------
-    ValueError
-        If ``folds`` contains no fold.
     """
-    folders = sorted(path.parent for path in folds.glob("*/fold.json"))
-    if not folders:
-        raise ValueError(f"{folds}: no fold.json below it. Train the folds with benchmarks.tumour_ablation.")
-    cases = {case.case_id: case for case in find_cases(cases_dir)}
     scores: dict[str, dict[str, dict]] = {}
     records = {}
-    for folder in folders:
-        for setting, case_scores in score_fold(folder, cases[folder.name]).items():
-            scores.setdefault(setting, {})[folder.name] = case_scores
-        records[folder.name] = json.loads((folder / "fold.json").read_text())
+    for fold in folds:
+        for setting, case_scores in score_fold(fold.folder, fold.case).items():
+            scores.setdefault(setting, {})[fold.folder.name] = case_scores
+        records[fold.folder.name] = fold.record
     return scores, records
 
 

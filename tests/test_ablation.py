@@ -184,11 +184,35 @@ def test_shifted_scan_keeps_its_geometry():
     assert result.GetOrigin() == image.GetOrigin()
 
 
-def test_rescoring_an_empty_folder_names_it(tmp_path):
-    from benchmarks.tumour_ablation import rescore_folds
+def test_finding_folds_in_an_empty_folder_names_it(tmp_path):
+    from benchmarks.tumour_ablation import find_folds
 
     with pytest.raises(ValueError, match=f"{tmp_path}: no fold.json"):
-        rescore_folds(tmp_path, tmp_path, lambda folder, case: {})
+        find_folds(tmp_path, tmp_path)
+
+
+def test_finding_folds_rejects_bad_folders(tmp_path):
+    from benchmarks.tumour_ablation import find_folds
+
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for case_id in ("case_a", "case_b"):
+        for kind in ("ct", "label"):
+            (cases / f"{case_id}_{kind}.nii.gz").write_bytes(b"")
+    variant = tmp_path / "work" / "mhp-net"
+    for case_id in ("case_a", "case_c"):
+        (variant / case_id).mkdir(parents=True)
+        (variant / case_id / "fold.json").write_text("{}")
+
+    with pytest.raises(ValueError, match="folder not found"):
+        find_folds(tmp_path / "missing", cases)
+    with pytest.raises(ValueError, match="variant folders mhp-net: pass one of them"):
+        find_folds(tmp_path / "work", cases)
+    with pytest.raises(ValueError, match="held-out case case_c is not in"):
+        find_folds(variant, cases)
+    (variant / "case_a" / "fold.json").write_text("")
+    with pytest.raises(ValueError, match="case_a/fold.json: invalid fold record"):
+        find_folds(variant, cases)
 
 
 def test_model_card_names_the_liver_median():
