@@ -5,7 +5,7 @@ Run from the repository root, after ``benchmarks.tumour_ablation`` trained the f
     python -m benchmarks.hu_shift --folds WORK/mhp-net WORK/mhp-net-liver-hu [--threads 2]
         [--shifts-hu -40 -20 0 20 40] [--cases DIR] [--out benchmarks/results] [--name hu_shift]
 
-The livers of the labelled cases have median HU from 57 to 113, depending on the contrast
+The livers of the labelled cases have median HU from 46 to 113, depending on the contrast
 phase, the scanner and the patient. This benchmark measures how much a model's tumour Dice depends
 on that level. Each fold's tumour model runs on its held-out scan inside the reference liver,
 as in the ablation, once per shift: every voxel of the scan plus the shift in HU. A uniform
