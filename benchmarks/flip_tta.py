@@ -28,6 +28,7 @@ from benchmarks.tumour_ablation import (
     RESULTS_DIR,
     find_folds,
     grid_scores,
+    per_case_cells,
     rescore_folds,
     summarise_variant,
     summary_cells,
@@ -93,12 +94,8 @@ def render_markdown(document: dict) -> str:
     for name, result in document["flip_sets"].items():
         lines.append(f"| {name} | {len(FLIP_SETS[name])} | {summary_cells(result['summary'])} |")
     lines += ["", "Per case (tumour Dice, false positives, threshold chosen on the other cases):", ""]
-    for name, summary in document["flip_sets"].items():
-        cells = ", ".join(
-            f"{case['case']} {case['tumour_dice']:.3f} / {case['false_positives']} / {case['threshold']:g}"
-            for case in summary["cases"]
-        )
-        lines.append(f"- {name}: {cells}")
+    for name, result in document["flip_sets"].items():
+        lines.append(f"- {name}: {per_case_cells(result)}")
     return "\n".join(lines) + "\n"
 
 

@@ -27,6 +27,7 @@ from benchmarks.tumour_ablation import (
     RESULTS_DIR,
     find_folds,
     grid_scores,
+    per_case_cells,
     rescore_folds,
     summarise_variant,
     summary_cells,
@@ -72,11 +73,7 @@ def render_markdown(document: dict) -> str:
     lines += ["", "Per case (tumour Dice, false positives, threshold chosen on the other cases):", ""]
     for variant, by_shift in document["variants"].items():
         for shift, result in by_shift.items():
-            cells = ", ".join(
-                f"{row['case']} {row['tumour_dice']:.3f} / {row['false_positives']} / {row['threshold']:g}"
-                for row in result["cases"]
-            )
-            lines.append(f"- {variant}, {shift} HU: {cells}")
+            lines.append(f"- {variant}, {shift} HU: {per_case_cells(result)}")
     return "\n".join(lines) + "\n"
 
 

@@ -462,6 +462,14 @@ def render_markdown(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def per_case_cells(result: dict[str, Any]) -> str:
+    """Return one summarised variant's cases as text: case, tumour Dice, false positives, threshold."""
+    return ", ".join(
+        f"{row['case']} {row['tumour_dice']:.3f} / {row['false_positives']} / {row['threshold']:g}"
+        for row in result["cases"]
+    )
+
+
 def summary_cells(summary: dict[str, Any]) -> str:
     """Return a summary's Markdown cells: tumour Dice, per-lesion Dice, both recalls, false positives."""
     return (

@@ -238,3 +238,28 @@ def test_model_card_names_the_liver_median():
 
     assert "the liver's median is 100.0 HU" in shifted
     assert "median" not in plain
+
+
+def test_shift_page_lists_each_case():
+    from benchmarks.hu_shift import render_markdown as render_shift_page
+
+    summary = {
+        "tumour_dice": {"mean": 0.5, "sd": 0.1, "n": 2},
+        "lesion_dice": {"mean": 0.4, "sd": 0.2, "n": 3},
+        "recall_large": {"found": 2, "total": 3, "recall": 0.667},
+        "recall_small": {"found": 0, "total": 0, "recall": None},
+        "false_positives": {"mean": 1.0, "sd": 0.0, "n": 2},
+    }
+    cases = [
+        {"case": "case_a", "tumour_dice": 0.6, "false_positives": 1, "threshold": 0.3},
+        {"case": "case_b", "tumour_dice": 0.4, "false_positives": 1, "threshold": 0.2},
+    ]
+    document = {
+        "command": "python -m benchmarks.hu_shift",
+        "variants": {"mhp-net": {"-20": {"summary": summary, "cases": cases}}},
+    }
+
+    page = render_shift_page(document)
+
+    assert "| mhp-net | -20 | 0.500 +- 0.100 |" in page
+    assert "- mhp-net, -20 HU: case_a 0.600 / 1 / 0.3, case_b 0.400 / 1 / 0.2" in page
