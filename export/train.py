@@ -218,7 +218,7 @@ RECIPES = {
     "tumour": _TUMOUR_RECIPE,
     # The labelled cases' liver medians range from 46 to 113 HU, their lesion medians from 56 to
     # 83 HU. This recipe shows the network each scan as if its liver were at 100 HU. The HU
-    # augmentation applies after the shift, so training sees liver medians of about 70-130 HU.
+    # augmentation applies after the shift, so training patches show liver medians of about 70-130 HU.
     "tumour-liver-hu": replace(
         _TUMOUR_RECIPE,
         file_stem="mhp_net_liver_hu",
