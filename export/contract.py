@@ -160,7 +160,8 @@ def tumour_metadata(
     name : str
         Model name in the metadata.
     liver_median_hu : float, optional
-        Shift the CT input so its liver median is this HU (``ModelMetadata.liver_median_hu``).
+        Shift the crop around the liver so the liver's median is this HU, before both inputs
+        are computed (``ModelMetadata.liver_median_hu``).
     """
     hessian = HessianSpec(
         scales_mm=TUMOUR_HESSIAN_SCALES_MM,

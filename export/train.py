@@ -96,7 +96,7 @@ class Recipe:
     model_name : str
         Name written into the metadata.
     liver_median_hu : float, optional
-        Tumour recipes only: the liver median HU the CT input is shifted to
+        Tumour recipes only: the liver median HU that the crop around the liver is shifted to
         (``ModelMetadata.liver_median_hu``). None keeps the HU as scanned.
     """
 

@@ -402,9 +402,9 @@ def _definite_indices(
     """Return the flat indices of the positive or negative definite matrices, by Sylvester's criterion.
 
     Only definite matrices have eigenvalues of one sign, so only they get a nonzero blob
-    response. In a CT liver region they are about a fifth of the voxels, and testing the leading
-    minors costs a third of the eigenvalues. Matrices near the boundary, with an eigenvalue near
-    0, may be classed either way, and their response is near 0 either way.
+    response. In the ircadb_01 liver crop they were 18 % of the voxels. The two minors take
+    fewer operations than the closed-form eigenvalues. Matrices near the boundary, with an
+    eigenvalue near 0, may be classed either way, and their response is near 0 either way.
     """
     minor = hzz * hyy - hzy * hzy
     cofactors = (hyy * hxx - hyx * hyx, hzy * hxx - hyx * hzx, hzy * hyx - hyy * hzx)
