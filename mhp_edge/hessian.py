@@ -11,10 +11,11 @@ for symmetric matrices, and Li's dot-enhancement measure (Li, Sone and Doi, Med.
   magnitudes ordered instead of the values;
 * mixed signs (tubes, sheets, edges): 0.
 
-The filters are separable and linear, so along each axis a scale's blur, any subsampling, its
-derivative and the interpolation back make one banded matrix, and each pass is a matrix product
-(BLAS) over the lines of the volume. On a liver region of 82 x 232 x 233 voxels the stage took
-0.7 s on one thread, against 2.1 s with one ``scipy.ndimage`` pass per step.
+The filters are separable and linear, so each step along an axis (a scale's blur and
+subsampling, its derivative, the interpolation back) is a banded matrix, and each pass is a
+matrix product (BLAS) over the lines of the volume. A subsampled scale's derivative passes run
+on the coarse grid. On the ircadb_01 liver crop with its context (82 x 232 x 233 voxels) the
+stage took 0.22 s on one thread of a 2-vCPU AMD EPYC (``benchmarks/results/speed.md``).
 
 Across scales the strongest dark-blob response and the strongest bright-blob response are kept
 and their difference is returned. A voxel that is a dark blob at one scale and a bright blob at
@@ -28,6 +29,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -52,8 +54,10 @@ _MIN_SIGMA_VOX = 0.3
 _EIGEN_CHUNK_VOX = 65536
 
 # Output rows per matrix product in ``apply_along``. Each block reads its rows' band of the line
-# (the block plus two kernel radii), so wider blocks waste columns and narrower ones waste calls.
-_BLOCK_ROWS = 64
+# (the block plus two kernel radii), so wider blocks waste arithmetic and narrower ones run BLAS
+# less efficiently. On the ircadb_01 crop with context (one thread, AMD EPYC) the stage took
+# 0.236, 0.212, 0.221, 0.225 and 0.246 s with 8, 16, 24, 32 and 64 rows.
+_BLOCK_ROWS = 16
 
 
 def hessian_entries(
@@ -109,14 +113,86 @@ def hessian_entries(
     return list(_map(finish_entry, _HESSIAN_ORDERS, executor))
 
 
-def axis_operators(
-    size_vox: int, core: slice, spacing_mm: float, sigma_mm: float, factor: int
-) -> dict[int, np.ndarray]:
-    """Return one axis' linear maps from a scale's region to its core, per derivative order.
+def scale_entries(
+    region: np.ndarray, maps: Sequence[AxisMaps], sigma_mm: float, *, executor: Executor | None = None
+) -> list[np.ndarray]:
+    """Compute one scale's six Hessian entries on the core, from the scale's region.
 
-    Each map is what the separable filters do along this axis: a Gaussian blur of ``factor``
-    voxels and subsampling to every ``factor``-th voxel (when ``factor`` > 1), the rest of the
-    blur up to ``sigma_mm`` with a derivative of order 0, 1 or 2 per mm, and linear
+    The region is subsampled first along each subsampled axis, the derivative passes run on
+    that coarse grid, and each entry is interpolated back to the core. The filters along
+    different axes commute, so this equals the filter of each axis applied in one pass.
+
+    Parameters
+    ----------
+    region : ndarray of shape (Z, Y, X), float32
+        The scale's region of the volume (core plus the context its kernels reach).
+    maps : sequence of 3 AxisMaps
+        Per axis, from ``axis_operators``.
+    sigma_mm : float
+        The scale's standard deviation in mm.
+    executor : concurrent.futures.Executor, optional
+        Runs independent passes in parallel.
+
+    Returns
+    -------
+    list of 6 ndarrays of the core's shape, float32
+        As ``hessian_entries``.
+    """
+    for axis, axis_maps in enumerate(maps):
+        if axis_maps.subsample is not None:
+            region = apply_along(axis_maps.subsample, region, axis)
+    derivatives = [axis_maps.derivatives for axis_maps in maps]
+    entries = hessian_entries(region, derivatives, sigma_mm, executor=executor)
+
+    def upsample(entry: np.ndarray) -> np.ndarray:
+        for axis, axis_maps in enumerate(maps):
+            if axis_maps.upsample is not None:
+                entry = apply_along(axis_maps.upsample, entry, axis)
+        return entry
+
+    return list(_map(upsample, entries, executor))
+
+
+@dataclass(frozen=True)
+class AxisMaps:
+    """One axis' linear maps for one scale, from the scale's region to the core.
+
+    Applied in turn they make the scale's filter along this axis: ``subsample`` (blur and keep
+    every ``factor``-th voxel), the derivative of each order on the coarse grid, and ``upsample``
+    (linear interpolation back to the core's voxels). Kept apart, the derivative passes run on
+    the coarse grid, which has ``factor`` times fewer lines per subsampled axis.
+
+    Attributes
+    ----------
+    subsample : ndarray of shape (coarse size, region size), float32, or None
+        None at full resolution.
+    derivatives : dict of int to ndarray of shape (rows, coarse size), float32
+        Orders 0, 1 and 2, in intensity per mm to the power of the order. ``rows`` are the
+        coarse voxels the interpolation reads (the core itself at full resolution).
+    upsample : ndarray of shape (core size, rows), float32, or None
+        None at full resolution.
+    """
+
+    subsample: np.ndarray | None
+    derivatives: dict[int, np.ndarray]
+    upsample: np.ndarray | None
+
+    def composed(self, order: int) -> np.ndarray:
+        """Return the whole map of one derivative order, (core size, region size), float64."""
+        matrix = self.derivatives[order].astype(np.float64)
+        if self.subsample is not None:
+            matrix = matrix @ self.subsample.astype(np.float64)
+        if self.upsample is not None:
+            matrix = self.upsample.astype(np.float64) @ matrix
+        return matrix
+
+
+def axis_operators(size_vox: int, core: slice, spacing_mm: float, sigma_mm: float, factor: int) -> AxisMaps:
+    """Return one axis' linear maps from a scale's region to its core.
+
+    Together the maps do what the separable filters do along this axis: a Gaussian blur of
+    ``factor`` voxels and subsampling to every ``factor``-th voxel (when ``factor`` > 1), the
+    rest of the blur up to ``sigma_mm`` with a derivative of order 0, 1 or 2 per mm, and linear
     interpolation back to the core's voxels. Borders repeat the edge voxel at every step.
 
     Parameters
@@ -134,11 +210,9 @@ def axis_operators(
 
     Returns
     -------
-    dict of int to ndarray of shape (core size, ``size_vox``), float32
-        Matrices for orders 0, 1 and 2, in intensity per mm to the power of the order.
+    AxisMaps
+        float32 matrices; without subsampling only the derivatives, from the region to the core.
     """
-    # Without subsampling the blur before it and the interpolation after it are identities, so
-    # they are left out: a product of N x N matrices costs N^3.
     subsampled, coarse_size, presmoothed_mm = None, size_vox, 0.0
     if factor > 1:
         subsampled = _filter_matrix(size_vox, float(factor), 0)[::factor]
@@ -150,14 +224,14 @@ def axis_operators(
     count = -(-(core.stop - core.start) // factor) + (1 if factor > 1 else 0)
     rows = slice(first, min(first + count, coarse_size))
 
-    operators = {}
-    for order in (0, 1, 2):
-        derivative = _filter_matrix(coarse_size, sigma_vox, order)[rows] / coarse_mm**order
-        if subsampled is not None:
-            back = _interpolation_matrix(rows.stop - rows.start, factor, core.stop - core.start)
-            derivative = back @ derivative @ subsampled
-        operators[order] = derivative.astype(np.float32)
-    return operators
+    derivatives = {
+        order: (_filter_matrix(coarse_size, sigma_vox, order)[rows] / coarse_mm**order).astype(np.float32)
+        for order in (0, 1, 2)
+    }
+    if subsampled is None:
+        return AxisMaps(None, derivatives, None)
+    interpolation = _interpolation_matrix(rows.stop - rows.start, factor, core.stop - core.start)
+    return AxisMaps(subsampled.astype(np.float32), derivatives, interpolation.astype(np.float32))
 
 
 def _filter_matrix(size_vox: int, sigma_vox: float, order: int) -> np.ndarray:
@@ -486,9 +560,8 @@ def multiscale_blob_response(
         Compute large scales on subsampled grids and interpolate their Hessian entries back, as
         the models were trained. It stays within 2.3 % of the full-resolution response at the
         99th percentile on a liver crop, and the tests bound the difference.
-        NOTE: with the passes as matrix products the pyramid no longer saves time (0.65 s with
-        it, 0.63 s without, on a 82 x 232 x 233 region). A model trained without it would be
-        exact at the same cost.
+        On the ircadb_01 crop with context it made the stage 1.6 times faster (0.22 s against
+        0.34 s on one thread).
     pyramid_min_sigma_vox : float
         Fewest coarse voxels per standard deviation a subsampled scale keeps (see
         ``pyramid_factors``).
@@ -547,13 +620,11 @@ def multiscale_blob_response(
                 slice(part.start - outer.start, part.stop - outer.start)
                 for part, outer in zip(core, region, strict=True)
             )
-            # Blur, subsampling, derivative and interpolation back are linear along each axis, so
-            # each axis gets one matrix from the scale's whole region to the core.
-            operators = [
+            maps = [
                 axis_operators(outer.stop - outer.start, part, spacing[axis], sigma_mm, factor)
                 for axis, (outer, part, factor) in enumerate(zip(region, inner, factors, strict=True))
             ]
-            entries = hessian_entries(volume[region], operators, sigma_mm, executor=executor)
+            entries = scale_entries(volume[region], maps, sigma_mm, executor=executor)
             accumulate_blob_response(entries, dark, bright, executor=executor)
             del entries
             logger.debug("Hessian scale %.1f mm on a grid subsampled by %s", sigma_mm, factors)
