@@ -41,6 +41,7 @@ from mhp_edge.plausibility import (
     spacing_warnings,
 )
 from mhp_edge.preprocess import (
+    CANONICAL_ORIENTATION,
     bounding_box_with_margin,
     clean_scan,
     hessian_input,
@@ -51,6 +52,7 @@ from mhp_edge.preprocess import (
     resample_like,
     resample_to_spacing,
     shift_to_liver_median,
+    to_orientation,
     upsample_linear,
 )
 from mhp_edge.report import LIVER_LABEL, TUMOUR_LABEL, Lesion, measure_lesions
@@ -212,7 +214,7 @@ class Segmenter:
             tumour = self._find_tumours(scan, liver, timer, progress, cut_to_liver=liver_source == "mask")
             # A lesion that bulges out of the model's liver is part of the liver, as in the
             # reference labels, where tumour is a class of liver voxels.
-            liver = liver | tumour
+            np.logical_or(liver, tumour, out=liver)
             liver_ml = np.count_nonzero(liver) * voxel_ml
             # Livers below MIN_LIVER_ML get a warning of their own in the branches below.
             warnings.extend(liver_volume_warnings(liver_ml, touches_edge=_touches_edge(liver)))
@@ -238,10 +240,7 @@ class Segmenter:
             liver_ml = 0.0
 
         with timer.stage("postprocess"):
-            labels = np.zeros(liver.shape, dtype=np.uint8)
-            labels[liver] = LIVER_LABEL
-            labels[tumour] = TUMOUR_LABEL
-            mask = _to_input_grid(labels, scan, image)
+            mask = _to_input_grid(_label_volume(liver, tumour), scan, image)
             lesions = measure_lesions(mask, image)
         warnings.extend(
             f"Lesion {lesion.lesion_id} touches the edge of the scan; its size is a lower bound."
@@ -713,8 +712,22 @@ def _oriented_liver_mask(liver_mask: sitk.Image, image: sitk.Image) -> np.ndarra
         )
     binary = sitk.Cast(sitk.NotEqual(liver_mask, 0), sitk.sitkUInt8)
     binary.CopyInformation(image)
-    oriented = sitk.DICOMOrient(binary, "LPS")
+    oriented = to_orientation(binary, CANONICAL_ORIENTATION)
     return sitk.GetArrayFromImage(oriented).astype(bool)
+
+
+def _label_volume(liver: np.ndarray, tumour: np.ndarray) -> np.ndarray:
+    """Return uint8 labels (z, y, x) from bool masks; tumour lies within the liver.
+
+    Only the liver's box is written, so a long scan costs one pass to find the box.
+    """
+    labels = np.zeros(liver.shape, dtype=np.uint8)
+    box = nonzero_box(liver)
+    if box is not None:
+        labels_in_box = labels[box]
+        labels_in_box[liver[box]] = LIVER_LABEL
+        labels_in_box[tumour[box]] = TUMOUR_LABEL
+    return labels
 
 
 def _to_input_grid(labels: np.ndarray, scan: sitk.Image, image: sitk.Image) -> sitk.Image:
@@ -722,7 +735,7 @@ def _to_input_grid(labels: np.ndarray, scan: sitk.Image, image: sitk.Image) -> s
     canonical = sitk.GetImageFromArray(labels)
     canonical.CopyInformation(scan)
     orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
-    restored = sitk.DICOMOrient(canonical, orientation)
+    restored = to_orientation(canonical, orientation)
     if restored.GetSize() != image.GetSize():
         raise AssertionError(f"restored mask size {restored.GetSize()} differs from input {image.GetSize()}")
     restored.CopyInformation(image)

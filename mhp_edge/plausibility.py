@@ -149,7 +149,10 @@ def anatomy_warnings(hu: np.ndarray, liver: np.ndarray, spacing_zyx_mm: tuple[fl
     """
     warnings = []
     step = 4
-    sample = hu[:, ::step, ::step]
+    # Slices are sampled about every 5 mm, so the cost follows the scan's length in mm, not its
+    # number of slices.
+    z_step = max(1, int(5.0 / spacing_zyx_mm[0]))
+    sample = hu[::z_step, ::step, ::step]
     body = sample > _BODY_ABOVE_HU
     if np.count_nonzero(body) < 100:
         return warnings
@@ -167,7 +170,7 @@ def anatomy_warnings(hu: np.ndarray, liver: np.ndarray, spacing_zyx_mm: tuple[fl
                 "the orientation before using the result."
             )
 
-    liver_sample = liver[:, ::step, ::step]
+    liver_sample = liver[::z_step, ::step, ::step]
     if liver_sample.any():
         if _mean_index(liver_sample, axis=2) > body_x:
             warnings.append(

@@ -70,9 +70,9 @@ def clean_scan(image: sitk.Image) -> CleanedScan:
     -------
     CleanedScan
     """
-    oriented = sitk.DICOMOrient(image, CANONICAL_ORIENTATION)
+    oriented = to_orientation(image, CANONICAL_ORIENTATION)
     if oriented.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
-        padding_vox = int(np.count_nonzero(sitk.GetArrayViewFromImage(oriented) < AIR_HU))
+        padding_vox = count_below(sitk.GetArrayViewFromImage(oriented), AIR_HU)
         if padding_vox:
             logger.info("Set %d padding voxels below %.0f HU to air", padding_vox, AIR_HU)
             oriented = sitk.Maximum(oriented, AIR_HU)
@@ -91,6 +91,32 @@ def clean_scan(image: sitk.Image) -> CleanedScan:
     if padding_vox:
         logger.info("Set %d padding voxels below %.0f HU to air", padding_vox, AIR_HU)
     return CleanedScan(cleaned, non_finite_vox, padding_vox)
+
+
+def to_orientation(image: sitk.Image, orientation: str) -> sitk.Image:
+    """Return ``image`` with its axes permuted and flipped to ``orientation`` (such as ``"LPS"``).
+
+    An image already in that orientation is returned itself, not a copy, where
+    ``sitk.DICOMOrient`` would copy every voxel: 83 ms for a 512 x 512 x 429 int16 scan on a
+    2-vCPU AMD EPYC. (A shallow copy would not help: SimpleITK copies the buffer when a numpy
+    view of it is taken.)
+    """
+    if sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection()) == orientation:
+        return image
+    return sitk.DICOMOrient(image, orientation)
+
+
+def count_below(array: np.ndarray, value: float, *, slab_slices: int = 16) -> int:
+    """Return how many voxels of a (Z, Y, X) array are below ``value``.
+
+    The comparison runs on slabs of ``slab_slices`` slices, so a long scan gets no full-size
+    bool temporary. A fresh 112 MB temporary took 0.28 s on a 512 x 512 x 429 scan, against
+    0.02 s when numpy reused freed memory (most likely the cost of first-touch page faults).
+    """
+    return sum(
+        int(np.count_nonzero(array[start : start + slab_slices] < value))
+        for start in range(0, array.shape[0], slab_slices)
+    )
 
 
 def resample_to_spacing(
@@ -471,6 +497,27 @@ def nonzero_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
         return None
     z = slice(int(along_z[0]), int(along_z[-1]) + 1)
     in_plane = mask[z].any(axis=0)
+    along_y = np.flatnonzero(in_plane.any(axis=1))
+    along_x = np.flatnonzero(in_plane.any(axis=0))
+    return z, slice(int(along_y[0]), int(along_y[-1]) + 1), slice(int(along_x[0]), int(along_x[-1]) + 1)
+
+
+def value_box(array: np.ndarray, value: float, *, slab_slices: int = 16) -> tuple[slice, slice, slice] | None:
+    """Return the (z, y, x) slices of the box of a 3D array's voxels equal to ``value``, or None.
+
+    Like ``nonzero_box(array == value)``, but compared on slabs of ``slab_slices`` slices, so a
+    long scan gets no full-size temporary.
+    """
+    slabs = [array[start : start + slab_slices] for start in range(0, array.shape[0], slab_slices)]
+    occupied = np.concatenate([(slab == value).any(axis=(1, 2)) for slab in slabs])
+    along_z = np.flatnonzero(occupied)
+    if along_z.size == 0:
+        return None
+    z = slice(int(along_z[0]), int(along_z[-1]) + 1)
+
+    in_plane = np.zeros(array.shape[1:], dtype=bool)
+    for start in range(z.start, z.stop, slab_slices):
+        in_plane |= (array[start : min(start + slab_slices, z.stop)] == value).any(axis=0)
     along_y = np.flatnonzero(in_plane.any(axis=1))
     along_x = np.flatnonzero(in_plane.any(axis=0))
     return z, slice(int(along_y[0]), int(along_y[-1]) + 1), slice(int(along_x[0]), int(along_x[-1]) + 1)

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from mhp_edge.preprocess import nonzero_box
+from mhp_edge.preprocess import value_box
 
 TUMOUR_LABEL = 2
 LIVER_LABEL = 1
@@ -149,7 +149,7 @@ def _crop_to_label(
     label_image: sitk.Image, scan: sitk.Image, label: int
 ) -> tuple[np.ndarray | None, sitk.Image, sitk.Image]:
     """Crop both images to the box of ``label``; return the box start (x, y, z) or None if absent."""
-    box_zyx = nonzero_box(sitk.GetArrayViewFromImage(label_image) == label)
+    box_zyx = value_box(sitk.GetArrayViewFromImage(label_image), label)
     if box_zyx is None:
         return None, label_image, scan
     box = box_zyx[::-1]

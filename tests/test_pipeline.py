@@ -11,7 +11,13 @@ from scipy import ndimage
 from export.contract import LIVER_BOUNDARY
 from mhp_edge.errors import InputImageError
 from mhp_edge.evaluate import dice
-from mhp_edge.pipeline import LIVER_MODEL_FILE, TUMOUR_MODEL_FILE, Segmenter, postprocess_tumour
+from mhp_edge.pipeline import (
+    LIVER_MODEL_FILE,
+    TUMOUR_MODEL_FILE,
+    Segmenter,
+    _label_volume,
+    postprocess_tumour,
+)
 from model_factory import make_metadata, write_linear_model
 from phantoms import LESION_HU, axis_aligned_directions, liver_phantom, reoriented
 
@@ -414,3 +420,17 @@ def test_liver_median_makes_tumour_input_phase_independent(tmp_path):
     np.testing.assert_allclose(shifted, original, atol=1e-5)
     original, shifted = probabilities(None)
     assert np.abs(shifted - original).max() > 0.1
+
+
+@pytest.mark.parametrize("empty", [False, True])
+def test_label_volume_equals_full_assignment(empty):
+    rng = np.random.default_rng(3)
+    liver = np.zeros((30, 40, 50), dtype=bool)
+    if not empty:
+        liver[4:20, 10:30, 5:45] = rng.random((16, 20, 40)) > 0.3
+    tumour = liver & (rng.random(liver.shape) > 0.8)
+
+    expected = np.zeros(liver.shape, dtype=np.uint8)
+    expected[liver] = 1
+    expected[tumour] = 2
+    np.testing.assert_array_equal(_label_volume(liver, tumour), expected)

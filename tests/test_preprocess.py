@@ -9,12 +9,16 @@ from scipy import ndimage
 
 from export.contract import hessian_context_mm
 from mhp_edge.preprocess import (
+    count_below,
     hessian_input,
+    nonzero_box,
     resample_box,
     resample_like,
     resample_to_spacing,
     shift_to_liver_median,
+    to_orientation,
     upsample_linear,
+    value_box,
 )
 from model_factory import make_metadata
 
@@ -193,3 +197,40 @@ def test_no_liver_or_no_setting_keeps_grid():
         result, offset_hu = shift_to_liver_median(grid, liver_mask, model)
         assert result is grid
         assert offset_hu == 0.0
+
+
+def test_to_orientation_keeps_canonical_image():
+    scan = random_scan()
+    assert to_orientation(scan, "LPS") is scan
+
+
+def test_to_orientation_reorients_others():
+    scan = random_scan()
+    flipped = sitk.DICOMOrient(scan, "RAS")
+    restored = to_orientation(flipped, "LPS")
+
+    assert restored.GetDirection() == scan.GetDirection()
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(restored), sitk.GetArrayViewFromImage(scan))
+
+
+@pytest.mark.parametrize("slices", [1, 15, 16, 17, 40])
+def test_count_below_equals_full_count(slices):
+    hu = np.random.default_rng(slices).integers(-2048, 500, size=(slices, 9, 7)).astype(np.int16)
+    assert count_below(hu, -1024) == np.count_nonzero(hu < -1024)
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        None,
+        (slice(0, 1), slice(0, 1), slice(0, 1)),
+        (slice(15, 18), slice(2, 9), slice(3, 4)),
+        (slice(30, 40),) * 3,
+    ],
+)
+def test_value_box_equals_nonzero_box(box):
+    labels = np.zeros((40, 45, 50), dtype=np.uint8)
+    labels[5:30, 4:40, 6:44] = 1
+    if box is not None:
+        labels[box] = 2
+    assert value_box(labels, 2) == nonzero_box(labels == 2)
