@@ -263,3 +263,26 @@ def test_shift_page_lists_each_case():
 
     assert "| mhp-net | -20 | 0.500 +- 0.100 |" in page
     assert "- mhp-net, -20 HU: case_a 0.600 / 1 / 0.3, case_b 0.400 / 1 / 0.2" in page
+
+
+def test_ensemble_rejects_runs_of_other_cases(tmp_path):
+    from benchmarks.ensemble import matched_folds
+    from benchmarks.tumour_ablation import find_folds
+
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for case_id in ("case_a", "case_b", "case_c"):
+        for kind in ("ct", "label"):
+            (cases / f"{case_id}_{kind}.nii.gz").write_bytes(b"")
+    runs = {"seed0": ("case_a", "case_b"), "seed1": ("case_b", "case_a"), "seed2": ("case_a", "case_c")}
+    for run, held_out in runs.items():
+        for case_id in held_out:
+            (tmp_path / run / case_id).mkdir(parents=True)
+            (tmp_path / run / case_id / "fold.json").write_text("{}")
+    found = {run: find_folds(tmp_path / run, cases) for run in runs}
+
+    groups = matched_folds([found["seed0"], found["seed1"]], ["seed0", "seed1"])
+    assert [[fold.folder.parent.name for fold in group] for group in groups] == [["seed0", "seed1"]] * 2
+    assert [group[0].case.case_id for group in groups] == ["case_a", "case_b"]
+    with pytest.raises(ValueError, match="seed2 held out case_a, case_c, but seed0 held out case_a, case_b"):
+        matched_folds([found["seed0"], found["seed2"]], ["seed0", "seed2"])
