@@ -26,10 +26,9 @@ from benchmarks.tumour_ablation import (
     Fold,
     find_folds,
     grid_scores,
-    per_case_cells,
     rescore_folds,
+    rescored_page,
     summarise_variant,
-    summary_cells,
 )
 from export.data import CaseFiles, default_data_dir
 from mhp_edge.io import read_image
@@ -77,23 +76,13 @@ def score_group(group: list[Fold], run_names: list[str], case: CaseFiles) -> dic
 
 def render_markdown(document: dict) -> str:
     """Return the results page: one row per run and one for the ensemble."""
-    lines = [
-        "# Seed ensembles (tumour stage, leave-one-case-out folds)",
-        "",
-        f"Command: `{document['command']}`",
-        "",
-        "The ensemble's probability is the mean of the runs' probabilities.",
-        "",
-        "| run | tumour Dice | per-lesion Dice | recall >= 10 mm | recall < 10 mm "
-        "| false positives per scan |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, result in document["variants"].items():
-        lines.append(f"| {name} | {summary_cells(result['summary'])} |")
-    lines += ["", "Per case (tumour Dice, false positives, threshold chosen on the other cases):", ""]
-    for name, result in document["variants"].items():
-        lines.append(f"- {name}: {per_case_cells(result)}")
-    return "\n".join(lines) + "\n"
+    return rescored_page(
+        "Seed ensembles (tumour stage, leave-one-case-out folds)",
+        document["command"],
+        ["run"],
+        [([name], result) for name, result in document["variants"].items()],
+        note="The ensemble's probability is the mean of the runs' probabilities.",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

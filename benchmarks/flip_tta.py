@@ -28,10 +28,9 @@ from benchmarks.tumour_ablation import (
     RESULTS_DIR,
     find_folds,
     grid_scores,
-    per_case_cells,
     rescore_folds,
+    rescored_page,
     summarise_variant,
-    summary_cells,
 )
 from export.data import CaseFiles, default_data_dir
 from mhp_edge.io import read_image
@@ -82,21 +81,12 @@ def score_fold(folder: Path, case: CaseFiles, threads: int) -> dict[str, dict]:
 
 def render_markdown(document: dict) -> str:
     """Return the results page: one row per flip set."""
-    lines = [
-        "# Flip test-time augmentation (tumour stage, leave-one-case-out folds)",
-        "",
-        f"Command: `{document['command']}`",
-        "",
-        "| flips | passes | tumour Dice | per-lesion Dice | recall >= 10 mm | recall < 10 mm "
-        "| false positives per scan |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, result in document["flip_sets"].items():
-        lines.append(f"| {name} | {len(FLIP_SETS[name])} | {summary_cells(result['summary'])} |")
-    lines += ["", "Per case (tumour Dice, false positives, threshold chosen on the other cases):", ""]
-    for name, result in document["flip_sets"].items():
-        lines.append(f"- {name}: {per_case_cells(result)}")
-    return "\n".join(lines) + "\n"
+    return rescored_page(
+        "Flip test-time augmentation (tumour stage, leave-one-case-out folds)",
+        document["command"],
+        ["flips", "passes"],
+        [([name, str(len(FLIP_SETS[name]))], result) for name, result in document["flip_sets"].items()],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

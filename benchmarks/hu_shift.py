@@ -27,10 +27,9 @@ from benchmarks.tumour_ablation import (
     RESULTS_DIR,
     find_folds,
     grid_scores,
-    per_case_cells,
     rescore_folds,
+    rescored_page,
     summarise_variant,
-    summary_cells,
 )
 from export.data import CaseFiles, default_data_dir
 from mhp_edge.io import read_image
@@ -58,23 +57,16 @@ def score_fold(folder: Path, case: CaseFiles, shifts_hu: Sequence[float], thread
 
 def render_markdown(document: dict) -> str:
     """Return the results page: one row per variant and shift."""
-    lines = [
-        "# Tumour accuracy under shifted HU (tumour stage, leave-one-case-out folds)",
-        "",
-        f"Command: `{document['command']}`",
-        "",
-        "| folds | shift HU | tumour Dice | per-lesion Dice | recall >= 10 mm | recall < 10 mm "
-        "| false positives per scan |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for variant, by_shift in document["variants"].items():
-        for shift, result in by_shift.items():
-            lines.append(f"| {variant} | {shift} | {summary_cells(result['summary'])} |")
-    lines += ["", "Per case (tumour Dice, false positives, threshold chosen on the other cases):", ""]
-    for variant, by_shift in document["variants"].items():
-        for shift, result in by_shift.items():
-            lines.append(f"- {variant}, {shift} HU: {per_case_cells(result)}")
-    return "\n".join(lines) + "\n"
+    return rescored_page(
+        "Tumour accuracy under shifted HU (tumour stage, leave-one-case-out folds)",
+        document["command"],
+        ["folds", "shift"],
+        [
+            ([variant, f"{shift} HU"], result)
+            for variant, by_shift in document["variants"].items()
+            for shift, result in by_shift.items()
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -462,6 +462,41 @@ def render_markdown(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def rescored_page(
+    title: str,
+    command: str,
+    label_columns: Sequence[str],
+    rows: Sequence[tuple[Sequence[str], dict[str, Any]]],
+    *,
+    note: str = "",
+) -> str:
+    """Return the Markdown page of folds scored again under several settings.
+
+    Parameters
+    ----------
+    title, command : str
+        The page's title and the command that wrote it.
+    label_columns : sequence of str
+        Headers of the columns that name a setting, before the score columns.
+    rows : sequence of (labels, result)
+        Per setting: one text per label column, and the setting's ``summarise_variant`` result.
+    note : str
+        A paragraph under the command, if any.
+    """
+    lines = [f"# {title}", "", f"Command: `{command}`", ""]
+    if note:
+        lines += [note, ""]
+    lines += [
+        f"| {' | '.join(label_columns)} | tumour Dice | per-lesion Dice | recall >= 10 mm | "
+        "recall < 10 mm | false positives per scan |",
+        "|" + "---|" * (len(label_columns) + 5),
+    ]
+    lines += [f"| {' | '.join(labels)} | {summary_cells(result['summary'])} |" for labels, result in rows]
+    lines += ["", "Per case (tumour Dice, false positives, threshold chosen on the other cases):", ""]
+    lines += [f"- {', '.join(labels)}: {per_case_cells(result)}" for labels, result in rows]
+    return "\n".join(lines) + "\n"
+
+
 def per_case_cells(result: dict[str, Any]) -> str:
     """Return one summarised variant's cases as text: case, tumour Dice, false positives, threshold."""
     return ", ".join(

@@ -261,7 +261,7 @@ def test_shift_page_lists_each_case():
 
     page = render_shift_page(document)
 
-    assert "| mhp-net | -20 | 0.500 +- 0.100 |" in page
+    assert "| mhp-net | -20 HU | 0.500 +- 0.100 |" in page
     assert "- mhp-net, -20 HU: case_a 0.600 / 1 / 0.3, case_b 0.400 / 1 / 0.2" in page
 
 
