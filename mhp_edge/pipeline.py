@@ -292,7 +292,7 @@ class Segmenter:
         """
         if volume_hu.ndim != 3:
             raise InputImageError(f"volume_hu must be 3D (z, y, x), got shape {volume_hu.shape}.")
-        if len(spacing_zyx_mm) != 3 or min(spacing_zyx_mm) <= 0:
+        if len(spacing_zyx_mm) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing_zyx_mm):
             raise InputImageError(f"spacing_zyx_mm must be 3 positive mm values, got {spacing_zyx_mm}.")
         image = _array_to_image(volume_hu, spacing_zyx_mm, origin_lps_mm)
         mask_image = None
@@ -717,7 +717,7 @@ def _oriented_liver_mask(liver_mask: sitk.Image, image: sitk.Image) -> np.ndarra
 
 
 def _label_volume(liver: np.ndarray, tumour: np.ndarray) -> np.ndarray:
-    """Return uint8 labels (z, y, x) from bool masks; tumour lies within the liver.
+    """Return uint8 labels (z, y, x) from bool liver and tumour masks, the tumour inside the liver.
 
     Only the liver's box is written, so a long scan costs one pass to find the box.
     """

@@ -186,6 +186,14 @@ def test_numpy_api_rejects_2d(segmenter):
         segmenter.segment_array(np.zeros((8, 8), np.float32), (1.0, 1.0, 1.0))
 
 
+@pytest.mark.parametrize(
+    "spacing", [(1.0, 0.0, 1.0), (1.0, float("nan"), 1.0), (1.0, 1.0, float("inf")), (1.0, 1.0)]
+)
+def test_numpy_api_rejects_invalid_spacing(segmenter, spacing):
+    with pytest.raises(InputImageError, match="spacing_zyx_mm must be 3 positive mm values"):
+        segmenter.segment_array(np.zeros((8, 8, 8), np.float32), spacing)
+
+
 def test_threads_share_one_segmenter(segmenter):
     phantom = liver_phantom()
     expected = segmenter.segment(phantom).mask_array
