@@ -99,13 +99,28 @@ def main(argv: list[str] | None = None) -> int:
 
     cases_dir = arguments.cases or default_data_dir() / "cases"
     run_names = [str(folder) for folder in arguments.folds]
-    if len(set(run_names)) != len(run_names) or len(run_names) < 2:
+    resolved = [folder.resolve() for folder in arguments.folds]
+    if len(set(resolved)) != len(resolved) or len(run_names) < 2:
         parser.error(f"pass two or more different run folders, got {', '.join(run_names)}")
+    if MEAN in run_names:
+        parser.error(
+            f"a run folder named {MEAN!r} would share its row with the ensemble; pass it by another path"
+        )
     try:
         runs = [find_folds(folder, cases_dir) for folder in arguments.folds]
         groups = matched_folds(runs, run_names)
     except ValueError as error:
         parser.error(str(error))
+    missing = [
+        str(fold.folder)
+        for group in groups
+        for fold in group
+        if not (fold.folder / "probability.npz").is_file()
+    ]
+    if missing:
+        parser.error(
+            f"no probability.npz in {', '.join(missing)}. Let benchmarks.tumour_ablation finish those folds."
+        )
 
     by_folder = {group[0].folder: group for group in groups}
     scores, records = rescore_folds(

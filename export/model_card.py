@@ -122,7 +122,12 @@ def render_tumour_accuracy(results: dict[str, Any] | None, *, title: str, note: 
     """Return the Markdown lines of a ``benchmarks.tumour_ablation`` result: one row per variant."""
     if results is None:
         return [f"## {title}", "", "Not measured yet: run `python -m benchmarks.tumour_ablation`.", ""]
-    budget = f"{results['steps']} optimiser steps" if results.get("steps") else f"{results['minutes']:g} min"
+    if results.get("steps"):
+        budget = f"{results['steps']} optimiser steps"
+    elif results.get("minutes"):
+        budget = f"{results['minutes']:g} min"
+    else:
+        budget = "the budget of its run"
     lines = [
         f"## {title}",
         "",

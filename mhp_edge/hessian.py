@@ -582,7 +582,7 @@ def multiscale_blob_response(
     volume = np.asarray(volume, dtype=np.float32)
     non_finite = volume.size - np.count_nonzero(np.isfinite(volume))
     if non_finite:
-        # A NaN would spread over a whole block of 64 output rows, not just its kernel's reach.
+        # A NaN would spread over a whole block of output rows, not just its kernel's reach.
         raise ValueError(
             f"volume has {non_finite} NaN or infinite voxels. Replace them first (the pipeline "
             "sets them to air)."

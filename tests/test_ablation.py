@@ -286,3 +286,47 @@ def test_ensemble_rejects_runs_of_other_cases(tmp_path):
     assert [group[0].case.case_id for group in groups] == ["case_a", "case_b"]
     with pytest.raises(ValueError, match="seed2 held out case_a, case_c, but seed0 held out case_a, case_b"):
         matched_folds([found["seed0"], found["seed2"]], ["seed0", "seed2"])
+
+
+def test_ensemble_command_rejects_same_run_or_unfinished_folds(tmp_path, capsys):
+    from benchmarks.ensemble import main as ensemble_main
+
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for case_id in ("case_a", "case_b"):
+        for kind in ("ct", "label"):
+            (cases / f"{case_id}_{kind}.nii.gz").write_bytes(b"")
+    for run in ("seed0", "seed1"):
+        for case_id in ("case_a", "case_b"):
+            (tmp_path / run / case_id).mkdir(parents=True)
+            (tmp_path / run / case_id / "fold.json").write_text("{}")
+    same_run = str(tmp_path / "seed1" / ".." / "seed0")
+
+    with pytest.raises(SystemExit):
+        ensemble_main(["--folds", str(tmp_path / "seed0"), same_run, "--cases", str(cases)])
+    assert "pass two or more different run folders" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ensemble_main(["--folds", str(tmp_path / "seed0"), str(tmp_path / "seed1"), "--cases", str(cases)])
+    assert "no probability.npz in" in capsys.readouterr().err
+
+
+def test_model_card_reads_results_without_budget():
+    from export.model_card import render_tumour_accuracy
+
+    summary = {
+        "tumour_dice": {"mean": 0.5, "sd": 0.1, "n": 2},
+        "lesion_dice": {"mean": 0.4, "sd": 0.2, "n": 3},
+        "recall_large": {"found": 2, "total": 3, "recall": 0.667},
+        "recall_small": {"found": 0, "total": 0, "recall": None},
+        "false_positives": {"mean": 1.0, "sd": 0.0, "n": 2},
+        "training_steps": {"mean": 800.0, "sd": 20.0, "n": 2},
+    }
+    results = {
+        "command": "python -m benchmarks.ensemble",
+        "steps": None,
+        "variants": {"mean": {"summary": summary}},
+    }
+
+    lines = render_tumour_accuracy(results, title="Ensemble", note="")
+
+    assert any("Each fold trained for the budget of its run" in line for line in lines)
