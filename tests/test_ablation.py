@@ -17,6 +17,15 @@ from benchmarks.tumour_ablation import (  # noqa: E402
 )
 from export.model_card import render_liver_accuracy  # noqa: E402
 
+# A summarised variant, as ``summarise_variant`` returns it, for the page renderers.
+SUMMARY = {
+    "tumour_dice": {"mean": 0.5, "sd": 0.1, "n": 2},
+    "lesion_dice": {"mean": 0.4, "sd": 0.2, "n": 3},
+    "recall_large": {"found": 2, "total": 3, "recall": 0.667},
+    "recall_small": {"found": 0, "total": 0, "recall": None},
+    "false_positives": {"mean": 1.0, "sd": 0.0, "n": 2},
+}
+
 
 def fake_scores(best: dict[str, tuple[float, float]]) -> dict[str, dict]:
     """Scores where each case reaches Dice 0.9 at its own best pair and 0.1 elsewhere."""
@@ -243,13 +252,7 @@ def test_model_card_names_the_liver_median():
 def test_shift_page_lists_each_case():
     from benchmarks.hu_shift import render_markdown as render_shift_page
 
-    summary = {
-        "tumour_dice": {"mean": 0.5, "sd": 0.1, "n": 2},
-        "lesion_dice": {"mean": 0.4, "sd": 0.2, "n": 3},
-        "recall_large": {"found": 2, "total": 3, "recall": 0.667},
-        "recall_small": {"found": 0, "total": 0, "recall": None},
-        "false_positives": {"mean": 1.0, "sd": 0.0, "n": 2},
-    }
+    summary = SUMMARY
     cases = [
         {"case": "case_a", "tumour_dice": 0.6, "false_positives": 1, "threshold": 0.3},
         {"case": "case_b", "tumour_dice": 0.4, "false_positives": 1, "threshold": 0.2},
@@ -313,14 +316,7 @@ def test_ensemble_command_rejects_same_run_or_unfinished_folds(tmp_path, capsys)
 def test_model_card_reads_results_without_budget():
     from export.model_card import render_tumour_accuracy
 
-    summary = {
-        "tumour_dice": {"mean": 0.5, "sd": 0.1, "n": 2},
-        "lesion_dice": {"mean": 0.4, "sd": 0.2, "n": 3},
-        "recall_large": {"found": 2, "total": 3, "recall": 0.667},
-        "recall_small": {"found": 0, "total": 0, "recall": None},
-        "false_positives": {"mean": 1.0, "sd": 0.0, "n": 2},
-        "training_steps": {"mean": 800.0, "sd": 20.0, "n": 2},
-    }
+    summary = {**SUMMARY, "training_steps": {"mean": 800.0, "sd": 20.0, "n": 2}}
     results = {
         "command": "python -m benchmarks.ensemble",
         "steps": None,
