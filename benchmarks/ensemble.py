@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     scores, records = rescore_folds(
         [group[0] for group in groups], lambda folder, case: score_group(by_folder[folder], run_names, case)
     )
-    # The keys of a tumour_ablation result, so that export.postprocessing --from and
-    # export.model_card read this one too (variant "mean" for the ensemble).
+    # The document has a tumour_ablation result's keys, so export.postprocessing --from and
+    # export.model_card read it too. Its variant "mean" is the ensemble.
     steps = {fold.record.get("training_steps") for group in groups for fold in group}
     document = {
         "command": "python -m benchmarks.ensemble " + " ".join(argv if argv is not None else sys.argv[1:]),

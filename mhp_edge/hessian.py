@@ -53,10 +53,10 @@ _MIN_SIGMA_VOX = 0.3
 # (benchmarks/hessian_compare.py measures the memory).
 _EIGEN_CHUNK_VOX = 65536
 
-# Output rows per matrix product in ``apply_along``. Each block reads its rows' band of the line
-# (the block plus two kernel radii), so wider blocks waste arithmetic and narrower ones run BLAS
-# less efficiently. On the ircadb_01 crop with context (one thread, AMD EPYC) the stage took
-# 0.236, 0.212, 0.221, 0.225 and 0.246 s with 8, 16, 24, 32 and 64 rows.
+# Output rows per matrix product in ``apply_along``. Each block reads its rows plus two kernel
+# radii, so wider blocks waste arithmetic and narrower ones run BLAS less efficiently. Of 8 to 64
+# rows, 16 was fastest on the ircadb_01 crop with context: 0.212 s against 0.246 s with 64 (one
+# thread, AMD EPYC).
 _BLOCK_ROWS = 16
 
 
@@ -211,7 +211,8 @@ def axis_operators(size_vox: int, core: slice, spacing_mm: float, sigma_mm: floa
     Returns
     -------
     AxisMaps
-        float32 matrices; without subsampling only the derivatives, from the region to the core.
+        float32 matrices. Without subsampling only the derivatives are set, from the region to
+        the core.
     """
     subsampled, coarse_size, presmoothed_mm = None, size_vox, 0.0
     if factor > 1:

@@ -291,7 +291,7 @@ def test_ensemble_rejects_runs_of_other_cases(tmp_path):
         matched_folds([found["seed0"], found["seed2"]], ["seed0", "seed2"])
 
 
-def test_ensemble_command_rejects_same_run_or_unfinished_folds(tmp_path, capsys):
+def test_ensemble_rejects_repeated_or_unfinished_runs(tmp_path, capsys):
     from benchmarks.ensemble import main as ensemble_main
 
     cases = tmp_path / "cases"
