@@ -224,6 +224,8 @@ def load_baseline(path: Path) -> ModuleType:
     """Import an earlier version of ``mhp_edge/hessian.py`` from a file, to time against the current one."""
     spec = importlib.util.spec_from_file_location("hessian_baseline", path)
     module = importlib.util.module_from_spec(spec)
+    # Dataclasses look their module up in sys.modules while the module runs.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
