@@ -314,14 +314,16 @@ def apply_along(matrix: np.ndarray, volume: np.ndarray, axis: int) -> np.ndarray
             continue
         columns = slice(used[0], used[-1] + 1)
         block = matrix[rows, columns]
+        # The products write into views of the result: BLAS takes strided rows, so neither the
+        # lines read nor the rows written are copied.
         if axis == 0:
             lines = volume[columns].reshape(columns.stop - columns.start, -1)
-            result[rows] = (block @ lines).reshape(-1, *volume.shape[1:])
+            np.matmul(block, lines, out=result[rows].reshape(block.shape[0], -1))
         elif axis == 1:
-            result[:, rows] = np.matmul(block, volume[:, columns])
+            np.matmul(block, volume[:, columns], out=result[:, rows])
         else:
             flat = volume.reshape(-1, volume.shape[2])[:, columns]
-            result[..., rows] = (flat @ block.T).reshape(*volume.shape[:2], -1)
+            np.matmul(flat, block.T, out=result.reshape(-1, result.shape[2])[:, rows])
     return result
 
 
