@@ -60,12 +60,11 @@ _EIGEN_CHUNK_VOX = 65536
 # thread, AMD EPYC).
 _BLOCK_ROWS = 16
 
-# Most core slices per slab: each scale runs slab by slab along z, each slab with the context its
+# Maximum core slices per slab. Each scale runs slab by slab along z, each slab with the context its
 # kernels reach, so the passes' temporaries stay a slab in size. On the ircadb_01 crop with
-# context (one thread, AMD EPYC) this halved the stage's peak memory (40 MB against 80 MB). In a
-# process that ran only this stage it also took 168 ms against 194 ms, mostly through fewer page
-# faults. Beside other methods (benchmarks/hessian_compare.py) both took 0.18 s. Slabs of 8
-# slices took 212 ms, because each slab rereads its context.
+# context (one thread, AMD EPYC) this halved the stage's peak memory (40 MB against 80 MB). Run
+# alone in a process it took 157 ms against 190 ms, because its pages stay mapped from slab to
+# slab (benchmarks/hessian_versions.py). Slabs of 8 slices were slower: each rereads its context.
 SLAB_SLICES = 32
 
 
