@@ -14,8 +14,9 @@ for symmetric matrices, and Li's dot-enhancement measure (Li, Sone and Doi, Med.
 The filters are separable and linear, so each step along an axis (a scale's blur and
 subsampling, its derivative, the interpolation back) is a banded matrix, and each pass is a
 matrix product (BLAS) over the lines of the volume. A subsampled scale's derivative passes run
-on the coarse grid. On the ircadb_01 liver crop with its context (82 x 232 x 233 voxels) the
-stage took 0.22 s on one thread of a 2-vCPU AMD EPYC (``benchmarks/results/speed.md``).
+on the coarse grid. Each scale runs in slabs along z, so temporaries stay a slab in size. On
+the ircadb_01 liver crop with its context (82 x 232 x 233 voxels) the stage took 0.16 to 0.19 s
+on one thread of a 2-vCPU AMD EPYC (``benchmarks/results/speed.md``).
 
 Across scales the strongest dark-blob response and the strongest bright-blob response are kept
 and their difference is returned. A voxel that is a dark blob at one scale and a bright blob at
@@ -60,8 +61,8 @@ _EIGEN_CHUNK_VOX = 65536
 # thread, AMD EPYC).
 _BLOCK_ROWS = 16
 
-# Maximum core slices per slab. Each scale runs slab by slab along z, each slab with the context its
-# kernels reach, so the passes' temporaries stay a slab in size. On the ircadb_01 crop with
+# Maximum core slices per slab. Each scale runs slab by slab along z, each slab with the context
+# its kernels reach, so the passes' temporaries stay a slab in size. On the ircadb_01 crop with
 # context (one thread, AMD EPYC) this halved the stage's peak memory (40 MB against 80 MB). Run
 # alone in a process it took 157 ms against 190 ms, because its pages stay mapped from slab to
 # slab (benchmarks/hessian_versions.py). Slabs of 8 slices were slower: each rereads its context.
