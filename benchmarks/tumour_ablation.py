@@ -97,6 +97,11 @@ VARIANTS = {
         DataOptions(hyperdense_share=0.3),
         "MHP-Net, synthetic lesions of either sign, 30 % brighter than the liver",
     ),
+    "mhp-net-surface": Variant(
+        "tumour",
+        DataOptions(surface_share=0.5),
+        "MHP-Net, half of the synthetic lesions cut by the liver's surface",
+    ),
     "mhp-net-liver-hu": Variant(
         "tumour-liver-hu",
         DataOptions(),

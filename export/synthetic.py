@@ -12,6 +12,9 @@ statistics are drawn from the real lesions of the training cases (``measure_lesi
   so hypodense and hyperdense lesions both occur when the training cases have them. With
   ``hyperdense_share``, the sign is drawn instead: that share of lesions is brighter than the
   liver by the drawn contrast's size, the rest darker;
+* position: a healthy-liver centre at least the radius plus 5 mm deep. With ``surface_share``,
+  that share of lesions is centred 0.3 to 1 radius deep instead, so they reach the liver's
+  surface and are cut by it, as subcapsular lesions are;
 * texture: smooth noise whose standard deviation is the real lesions' HU spread beyond noise.
 
 The change is added to the scan (``hu + weight * (contrast + texture)``), so the liver's own
@@ -113,6 +116,7 @@ def insert_lesions(
     count: int,
     rng: np.random.Generator,
     hyperdense_share: float | None = None,
+    surface_share: float = 0.0,
 ):
     """Return a copy of a prepared case with up to ``count`` synthetic lesions in healthy liver.
 
@@ -131,6 +135,9 @@ def insert_lesions(
     hyperdense_share : float, optional
         Probability that a lesion is brighter than the liver, whatever the sign of the real
         contrast it copies. None keeps the real lesion's sign.
+    surface_share : float
+        Probability that a lesion is centred 0.3 to 1 radius below the liver's surface, so the
+        surface cuts it. The others lie at least the radius plus 5 mm deep.
 
     Returns
     -------
@@ -151,7 +158,9 @@ def insert_lesions(
             max(min(statistics.diameters_mm), DIAMETER_LIMITS_MM[0]),
             min(max(statistics.diameters_mm), DIAMETER_LIMITS_MM[1]),
         )
-        centre = _healthy_centre(label, spacing, diameter_mm / 2, rng)
+        # Drawn only when requested, so runs without surface lesions keep their random stream.
+        at_surface = surface_share > 0 and rng.random() < surface_share
+        centre = _healthy_centre(label, spacing, diameter_mm / 2, rng, at_surface=at_surface)
         if centre is None:
             continue
         contrast_hu = rng.choice(statistics.contrasts_hu) * rng.uniform(0.7, 1.3)
@@ -174,12 +183,31 @@ def insert_lesions(
 
 
 def _healthy_centre(
-    label: np.ndarray, spacing: np.ndarray, radius_mm: float, rng: np.random.Generator
+    label: np.ndarray,
+    spacing: np.ndarray,
+    radius_mm: float,
+    rng: np.random.Generator,
+    *,
+    at_surface: bool = False,
 ) -> tuple[int, int, int] | None:
-    """Pick a healthy-liver voxel at least ``radius_mm`` + 5 mm from the liver's surface and any tumour."""
+    """Pick a healthy-liver voxel for a lesion's centre, or None when there is none.
+
+    The centre keeps the radius plus 5 mm from any tumour, labelled or held back. It lies at
+    least that deep below the liver's surface too, or, with ``at_surface``, 0.3 to 1 radius
+    deep.
+    """
     healthy = label == LIVER_LABEL
-    depth_mm = ndimage.distance_transform_edt(healthy, sampling=spacing)
-    candidates = np.flatnonzero(depth_mm.ravel() >= radius_mm + 5.0)
+    lesion = (label > 0) & ~healthy
+    tumour_distance_mm = np.inf
+    if lesion.any():
+        # For an input without zeros, distance_transform_edt returns finite values, not infinity.
+        tumour_distance_mm = ndimage.distance_transform_edt(~lesion, sampling=spacing)
+    depth_mm = ndimage.distance_transform_edt(label > 0, sampling=spacing)
+    if at_surface:
+        in_depth = (depth_mm >= 0.3 * radius_mm) & (depth_mm <= radius_mm)
+    else:
+        in_depth = depth_mm >= radius_mm + 5.0
+    candidates = np.flatnonzero(healthy & in_depth & (tumour_distance_mm >= radius_mm + 5.0))
     if candidates.size == 0:
         return None
     return tuple(int(i) for i in np.unravel_index(rng.choice(candidates), label.shape))

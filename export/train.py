@@ -263,12 +263,16 @@ class DataOptions:
     hyperdense_share : float, optional
         Share of synthetic lesions made brighter than the liver, whatever the real lesions'
         contrasts are. None copies the sign of a real lesion's contrast.
+    surface_share : float
+        Share of synthetic lesions placed so that the liver's surface cuts them. 0 keeps every
+        lesion at least its radius plus 5 mm deep.
     """
 
     synthetic_copies: int = 2
     synthetic_lesions: int = 3
     lesion_fraction: float = 1.0
     hyperdense_share: float | None = None
+    surface_share: float = 0.0
 
     def __post_init__(self):
         if self.synthetic_copies < 0 or self.synthetic_lesions < 0:
@@ -277,6 +281,8 @@ class DataOptions:
             raise ValueError(f"lesion_fraction must be in (0, 1], got {self.lesion_fraction}.")
         if self.hyperdense_share is not None and not 0 <= self.hyperdense_share <= 1:
             raise ValueError(f"hyperdense_share must be in [0, 1] or None, got {self.hyperdense_share}.")
+        if not 0 <= self.surface_share <= 1:
+            raise ValueError(f"surface_share must be in [0, 1], got {self.surface_share}.")
 
 
 @dataclass(frozen=True)
@@ -544,6 +550,7 @@ def add_synthetic_copies(
             count=options.synthetic_lesions,
             rng=rng,
             hyperdense_share=options.hyperdense_share,
+            surface_share=options.surface_share,
         )
         for _ in range(options.synthetic_copies)
         for case in prepared
@@ -585,6 +592,8 @@ def train_and_export(
         }
         if synthetic and options.hyperdense_share is not None:
             data_notes["synthetic_hyperdense_share"] = options.hyperdense_share
+        if synthetic and options.surface_share:
+            data_notes["synthetic_surface_share"] = options.surface_share
     preprocessing_s = time.monotonic() - prepare_start
     print(f"[{recipe.task}] {len(prepared)} volumes ready in {preprocessing_s:.1f} s", data_notes, flush=True)
 

@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 torch = pytest.importorskip("torch")
 
@@ -677,3 +678,28 @@ def test_tiled_model_wrong_multiples_rejected(exported, tmp_path):
 
     with pytest.raises(ModelError, match="does not run on a"):
         load_model(copy, threads=1)
+
+
+def test_surface_share_places_lesions_at_surface():
+    case = two_lesion_case()
+    statistics = measure_lesions([case], case.spacing_zyx_mm)
+    metadata = tumour_metadata({}, response_scale=1.0)
+    liver = case.label > 0
+    depth_mm = ndimage.distance_transform_edt(liver, sampling=case.spacing_zyx_mm)
+
+    for share in (0.0, 1.0):
+        changed = insert_lesions(
+            case, statistics, metadata, count=2, rng=np.random.default_rng(0), surface_share=share
+        )
+
+        # Surface lesions reach the outermost liver voxels, deep ones stay about 5 mm below them.
+        new_tumour = (changed.label == 2) & (case.label != 2)
+        assert new_tumour.sum() > 50
+        shallowest_mm = depth_mm[new_tumour].min()
+        assert shallowest_mm < 2.0 if share else shallowest_mm > 4.0
+        assert ((changed.label > 0) == liver).all()
+
+
+def test_surface_share_out_of_range_rejected():
+    with pytest.raises(ValueError, match="surface_share"):
+        DataOptions(surface_share=-0.1)
