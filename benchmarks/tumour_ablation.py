@@ -102,6 +102,9 @@ VARIANTS = {
         DataOptions(surface_share=0.5),
         "MHP-Net, half of the synthetic lesions cut by the liver's surface",
     ),
+    "mhp-net-scale-24": Variant(
+        "tumour-scale-24", DataOptions(), "MHP-Net with a fourth Hessian scale of 24 mm, for large lesions"
+    ),
     "mhp-net-liver-hu": Variant(
         "tumour-liver-hu",
         DataOptions(),

@@ -141,6 +141,7 @@ def tumour_metadata(
     uses_hessian: bool = True,
     name: str = "mhp-net",
     liver_median_hu: float | None = None,
+    scales_mm: tuple[float, ...] = TUMOUR_HESSIAN_SCALES_MM,
 ) -> ModelMetadata:
     """Build the metadata of the tumour model (``mhp_net.onnx``).
 
@@ -162,14 +163,14 @@ def tumour_metadata(
     liver_median_hu : float, optional
         Shift the crop around the liver so the liver's median is this HU, before both inputs
         are computed (``ModelMetadata.liver_median_hu``).
+    scales_mm : tuple of float
+        Gaussian standard deviations of the Hessian input, mm.
     """
     hessian = HessianSpec(
-        scales_mm=TUMOUR_HESSIAN_SCALES_MM,
+        scales_mm=scales_mm,
         hu_clip=TUMOUR_HESSIAN_HU_CLIP,
         response_scale=response_scale,
-        context_mm=hessian_context_mm(
-            TUMOUR_SPACING_ZYX_MM, TUMOUR_HESSIAN_SCALES_MM, TUMOUR_HESSIAN_PYRAMID_MIN_SIGMA_VOX
-        ),
+        context_mm=hessian_context_mm(TUMOUR_SPACING_ZYX_MM, scales_mm, TUMOUR_HESSIAN_PYRAMID_MIN_SIGMA_VOX),
         pyramid_min_sigma_vox=TUMOUR_HESSIAN_PYRAMID_MIN_SIGMA_VOX,
     )
     return ModelMetadata(

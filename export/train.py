@@ -37,6 +37,7 @@ from export.contract import (
     INTENDED_USE,
     LIVER_FILE_STEM,
     TUMOUR_FILE_STEM,
+    TUMOUR_HESSIAN_SCALES_MM,
     licences_for,
     liver_metadata,
     tumour_metadata,
@@ -98,6 +99,8 @@ class Recipe:
     liver_median_hu : float, optional
         Tumour recipes only: the liver median HU that the crop around the liver is shifted to
         (``ModelMetadata.liver_median_hu``). None keeps the HU as scanned.
+    hessian_scales_mm : tuple of float
+        Tumour recipes only: Gaussian standard deviations of the Hessian input, mm.
     """
 
     task: str
@@ -113,6 +116,7 @@ class Recipe:
     uses_hessian: bool = True
     model_name: str = ""
     liver_median_hu: float | None = None
+    hessian_scales_mm: tuple[float, ...] = TUMOUR_HESSIAN_SCALES_MM
 
 
 _TUMOUR_AUGMENTATION = Augmentation(
@@ -224,6 +228,14 @@ RECIPES = {
         file_stem="mhp_net_liver_hu",
         model_name="mhp-net-liver-hu",
         liver_median_hu=100.0,
+    ),
+    # Lesions of the labelled cases reach 54 mm across. The scale-normalised response to a ball of
+    # radius r peaks near sigma = r / sqrt(3), 16 mm for a 54 mm lesion, beyond the 12 mm scale.
+    "tumour-scale-24": replace(
+        _TUMOUR_RECIPE,
+        file_stem="mhp_net_scale_24",
+        model_name="mhp-net-scale-24",
+        hessian_scales_mm=(*TUMOUR_HESSIAN_SCALES_MM, 24.0),
     ),
     "tumour-no-hessian": _tumour_recipe(
         file_stem="mhp_net_no_hessian",
@@ -477,7 +489,9 @@ def build_metadata(recipe: Recipe, cases: Sequence[CaseFiles], cache_dir: Path) 
         metadata = liver_metadata({})
         return metadata, [prepare_case(case, metadata, cache_dir=cache_dir) for case in cases]
 
-    unscaled = tumour_metadata({}, response_scale=1.0, liver_median_hu=recipe.liver_median_hu)
+    unscaled = tumour_metadata(
+        {}, response_scale=1.0, liver_median_hu=recipe.liver_median_hu, scales_mm=recipe.hessian_scales_mm
+    )
     prepared = [prepare_case(case, unscaled, cache_dir=cache_dir) for case in cases]
     scale = measure_response_scale(prepared, percentile=RESPONSE_PERCENTILE)
     logger.info("Hessian response scale: %.3g (%gth percentile in the liver)", scale, RESPONSE_PERCENTILE)
@@ -487,6 +501,7 @@ def build_metadata(recipe: Recipe, cases: Sequence[CaseFiles], cache_dir: Path) 
         uses_hessian=recipe.uses_hessian,
         name=recipe.model_name,
         liver_median_hu=recipe.liver_median_hu,
+        scales_mm=recipe.hessian_scales_mm,
     )
     return metadata, prepared
 

@@ -703,3 +703,12 @@ def test_surface_share_places_lesions_at_surface():
 def test_surface_share_out_of_range_rejected():
     with pytest.raises(ValueError, match="surface_share"):
         DataOptions(surface_share=-0.1)
+
+
+def test_scale_recipe_widens_hessian_context():
+    default = tumour_metadata({}, response_scale=1.0).hessian
+    wider = tumour_metadata({}, response_scale=1.0, scales_mm=(*default.scales_mm, 24.0)).hessian
+
+    assert wider.scales_mm == (3.0, 6.0, 12.0, 24.0)
+    assert wider.context_mm > default.context_mm
+    assert RECIPES["tumour-scale-24"].hessian_scales_mm == wider.scales_mm
