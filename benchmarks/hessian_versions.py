@@ -15,10 +15,13 @@ The first round is a warm-up and is not counted.
 from __future__ import annotations
 
 import argparse
+import inspect
 import resource
 import statistics
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -32,12 +35,23 @@ def minor_page_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def accepted_keywords(module: ModuleType, keywords: dict[str, Any]) -> dict[str, Any]:
+    """Return the ``keywords`` that the module's ``multiscale_blob_response`` takes.
+
+    Versions older than the context or the pyramid setting do not take those keywords.
+    """
+    accepted = inspect.signature(module.multiscale_blob_response).parameters
+    return {key: value for key, value in keywords.items() if key in accepted}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, required=True, help="an earlier mhp_edge/hessian.py")
     parser.add_argument("--repeat", type=int, default=9, help="timed runs per version and volume")
     parser.add_argument("--case", default="ircadb_01", help="labelled case whose liver region is used")
     arguments = parser.parse_args()
+    if arguments.repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {arguments.repeat}")
 
     metadata = tumour_metadata()
     spec = metadata.hessian
@@ -52,6 +66,8 @@ def main() -> None:
     print("|---|---|---|---|")
     with threadpool_limits(limits=1):
         for label, (volume, core) in volumes.items():
+            wanted = {"core": core, "pyramid_min_sigma_vox": spec.pyramid_min_sigma_vox}
+            keywords = {name: accepted_keywords(module, wanted) for name, module in versions.items()}
             times_ms = {name: [] for name in versions}
             faults = {name: [] for name in versions}
             for round_index in range(arguments.repeat + 1):
@@ -60,11 +76,7 @@ def main() -> None:
                     before = minor_page_faults()
                     started = time.perf_counter()
                     versions[name].multiscale_blob_response(
-                        volume,
-                        metadata.spacing_zyx_mm,
-                        spec.scales_mm,
-                        core=core,
-                        pyramid_min_sigma_vox=spec.pyramid_min_sigma_vox,
+                        volume, metadata.spacing_zyx_mm, spec.scales_mm, **keywords[name]
                     )
                     if round_index > 0:
                         times_ms[name].append((time.perf_counter() - started) * 1000)

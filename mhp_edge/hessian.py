@@ -14,7 +14,8 @@ for symmetric matrices, and Li's dot-enhancement measure (Li, Sone and Doi, Med.
 The filters are separable and linear, so each step along an axis (a scale's blur and
 subsampling, its derivative, the interpolation back) is a banded matrix, and each pass is a
 matrix product (BLAS) over the lines of the volume. A subsampled scale's derivative passes run
-on the coarse grid. Each scale runs in slabs along z, so temporaries stay a slab in size. On
+on the coarse grid. Each scale runs in slabs along z, so temporaries stay the size of a slab and
+its context. On
 the ircadb_01 liver crop with its context (82 x 232 x 233 voxels) the stage took 0.16 to 0.19 s
 on one thread of a 2-vCPU AMD EPYC (``benchmarks/results/speed.md``).
 
@@ -61,11 +62,12 @@ _EIGEN_CHUNK_VOX = 65536
 # thread, AMD EPYC).
 _BLOCK_ROWS = 16
 
-# Maximum core slices per slab. Each scale runs slab by slab along z, each slab with the context
-# its kernels reach, so the passes' temporaries stay a slab in size. On the ircadb_01 crop with
-# context (one thread, AMD EPYC) this halved the stage's peak memory (40 MB against 80 MB). Run
-# alone in a process it took 157 ms against 190 ms, because its pages stay mapped from slab to
-# slab (benchmarks/hessian_versions.py). Slabs of 8 slices were slower: each rereads its context.
+# Core slices per slab, before rounding (see ``multiscale_blob_response``). Each scale runs slab
+# by slab along z, each slab with the context its kernels reach, so the passes' temporaries stay
+# the size of a slab and its context. On the ircadb_01 crop alone (one thread, AMD EPYC) this
+# halved the stage's peak memory (43 MB against 80 MB). Run alone in a process, the crop with
+# context took 170 ms against 207 ms, because pages stay mapped from slab to slab
+# (benchmarks/hessian_versions.py). Slabs of 8 slices were slower: each rereads its context.
 SLAB_SLICES = 32
 
 
@@ -582,8 +584,10 @@ def multiscale_blob_response(
         Threads for the filter passes and the eigenvalue step, at least 1. The result does not
         depend on it.
     slab_slices : int
-        Maximum number of core slices computed at once. Each slab reads the context its kernels reach, so
-        the response does not depend on the slabs beyond float32 rounding.
+        Core slices computed at once, at least 1. A scale's slabs are at least twice its z
+        context, so that a slab does not mostly reread context, and a multiple of its z
+        subsampling factor. Each slab reads the context its kernels reach, so the response does
+        not depend on the slabs beyond float32 rounding.
 
     Returns
     -------
@@ -621,7 +625,8 @@ def multiscale_blob_response(
     with pool as executor, _blas_on_one_thread():
         for sigma_mm in scales_mm:
             factors = pyramid_factors(spacing, sigma_mm, pyramid_min_sigma_vox) if pyramid else (1, 1, 1)
-            for slab in _slabs(core[0], slab_slices, factors[0]):
+            reach_z = context_vox(spacing, sigma_mm, factors)[0]
+            for slab in _slabs(core[0], max(slab_slices, 2 * reach_z), factors[0]):
                 slab_core = (slab, core[1], core[2])
                 rows = slice(slab.start - core[0].start, slab.stop - core[0].start)
                 entries = _core_entries(volume, slab_core, spacing, sigma_mm, factors, executor)
@@ -632,7 +637,7 @@ def multiscale_blob_response(
 
 
 def _slabs(core_z: slice, max_slices: int, factor: int) -> list[slice]:
-    """Split the core's z range into near-equal slabs of at most about ``max_slices`` slices.
+    """Split the core's z range into near-equal slabs of about ``max_slices`` slices at most.
 
     Slab sizes are rounded up to a multiple of ``factor``, so every slab starts on a sample of a
     subsampled scale's coarse grid and the grid is the same in every slab.
