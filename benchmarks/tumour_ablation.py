@@ -26,6 +26,9 @@ Variants (``--variants``, default all):
 - ``mhp-net-real-only``: the same without synthetic lesions;
 - ``mhp-net-hyperdense``: ``mhp-net`` with 30 % of the synthetic lesions brighter than the liver,
   whatever the real lesions' contrasts;
+- ``mhp-net-surface``: ``mhp-net`` with half of the synthetic lesions cut by the liver's surface;
+- ``mhp-net-scale-24``: ``mhp-net`` with a fourth Hessian scale of 24 mm;
+- ``mhp-net-liver-hu``: ``mhp-net`` with each crop shifted so that its liver median is 100 HU;
 - ``no-hessian``: the same network and data without the Hessian input (ablation b);
 - ``plain-unet``: a plain small 3D U-Net on the CT (ablation c);
 - ``mhp-net-half-lesions``: ``mhp-net`` with half of the real training lesions (ablation d).

@@ -202,7 +202,9 @@ def _healthy_centre(
     if lesion.any():
         # For an input without zeros, distance_transform_edt returns finite values, not infinity.
         tumour_distance_mm = ndimage.distance_transform_edt(~lesion, sampling=spacing)
-    depth_mm = ndimage.distance_transform_edt(label > 0, sampling=spacing)
+    depth_mm = np.inf
+    if (label == 0).any():
+        depth_mm = ndimage.distance_transform_edt(label > 0, sampling=spacing)
     if at_surface:
         in_depth = (depth_mm >= 0.3 * radius_mm) & (depth_mm <= radius_mm)
     else:
