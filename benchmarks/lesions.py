@@ -6,7 +6,7 @@ Run from the repository root:
 
 The leave-one-case-out tables report Dice per case, and this page describes the lesions behind
 those numbers, on each scan's own grid. Per lesion: the equivalent-sphere diameter, the slices it
-spans and their thickness, the median HU of the lesion and of the liver 1-5 mm around it, that
+spans and their spacing, the median HU of the lesion and of the liver 1-5 mm around it, that
 liver's standard deviation, and how deep the lesion reaches below the liver's surface. Writes
 ``benchmarks/results/lesions.md`` by default.
 """
@@ -85,9 +85,9 @@ def main() -> None:
         "standard deviation a measure of noise and texture. Depth: the largest distance from a "
         "lesion voxel to the nearest voxel outside the liver.",
         "",
-        "| case | diameter mm | slices | slice thickness mm | lesion median HU | "
+        "| case | diameter mm | slices | slice spacing mm | lesion median HU | "
         "surrounding liver median HU | surrounding liver SD HU | contrast HU | "
-        "contrast / SD | depth below surface mm |",
+        "abs(contrast) / SD | depth below surface mm |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in cases:

@@ -15,9 +15,8 @@ The filters are separable and linear, so each step along an axis (a scale's blur
 subsampling, its derivative, the interpolation back) is a banded matrix, and each pass is a
 matrix product (BLAS) over the lines of the volume. A subsampled scale's derivative passes run
 on the coarse grid. Each scale runs in slabs along z, so temporaries stay the size of a slab and
-its context. On
-the ircadb_01 liver crop with its context (82 x 232 x 233 voxels) the stage took 0.16 to 0.19 s
-on one thread of a 2-vCPU AMD EPYC (``benchmarks/results/speed.md``).
+its context. On the ircadb_01 liver crop with its context (82 x 232 x 233 voxels) the stage took
+0.16 to 0.19 s on one thread of a 2-vCPU AMD EPYC (``benchmarks/results/speed.md``).
 
 Across scales the strongest dark-blob response and the strongest bright-blob response are kept
 and their difference is returned. A voxel that is a dark blob at one scale and a bright blob at
@@ -584,10 +583,11 @@ def multiscale_blob_response(
         Threads for the filter passes and the eigenvalue step, at least 1. The result does not
         depend on it.
     slab_slices : int
-        Core slices computed at once, at least 1. A scale's slabs are at least twice its z
-        context, so that a slab does not mostly reread context, and a multiple of its z
-        subsampling factor. Each slab reads the context its kernels reach, so the response does
-        not depend on the slabs beyond float32 rounding.
+        Core slices computed at once, at least 1. A scale splits the core into equal slabs of at
+        most ``max(slab_slices, 2 * its z context)`` slices, rounded up to a multiple of its z
+        subsampling factor, so each slab is longer than its context. Each slab reads the
+        context its kernels reach, so the response does not depend on the slabs beyond float32
+        rounding.
 
     Returns
     -------
