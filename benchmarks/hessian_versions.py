@@ -66,8 +66,8 @@ def main() -> None:
     print("|---|---|---|---|")
     with threadpool_limits(limits=1):
         for label, (volume, core) in volumes.items():
-            wanted = {"core": core, "pyramid_min_sigma_vox": spec.pyramid_min_sigma_vox}
-            keywords = {name: accepted_keywords(module, wanted) for name, module in versions.items()}
+            requested = {"core": core, "pyramid_min_sigma_vox": spec.pyramid_min_sigma_vox}
+            keywords = {name: accepted_keywords(module, requested) for name, module in versions.items()}
             times_ms = {name: [] for name in versions}
             faults = {name: [] for name in versions}
             for round_index in range(arguments.repeat + 1):
